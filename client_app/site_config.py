@@ -1,0 +1,353 @@
+"""The per-site YAML file: schema, validation and loading.
+
+A site engineer writes one YAML file per site and starts the SuperNode with
+``--node-config 'site-config="/abs/path/site.yaml"'``. In simulation no file is needed:
+:func:`simulated_site_config` builds the same object from ``partition-id``.
+
+Every key is documented in ``deploy/site.example.yaml``. A bad file stops the site with a
+:class:`SiteConfigError` naming the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DATA_SOURCES = ("digits-domains", "fashion-mnist-domains", "image-folder")
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_SITE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class SiteConfigError(ValueError):
+    """A site file is missing, unreadable or does not match the schema.
+
+    Parameters
+    ----------
+    source : str
+        The file (or ``<simulation>``) the configuration came from.
+    key : str
+        Dotted key that is wrong, e.g. ``data.source``.
+    expected : str
+        What was expected, in words.
+    got : Any, optional
+        The offending value, when there is one.
+    """
+
+    def __init__(self, source: str, key: str, expected: str, got: Any = None) -> None:
+        self.source, self.key, self.expected, self.got = source, key, expected, got
+        got_text = "" if got is None else f", got {got!r}"
+        super().__init__(f"{source}: key '{key}': expected {expected}{got_text}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where a site's images come from.
+
+    Attributes
+    ----------
+    source : str
+        ``digits-domains`` (embedded default), ``fashion-mnist-domains`` (Debian package
+        ``dataset-fashion-mnist``) or ``image-folder`` (``root/<class>/<image>``).
+    partition_id : int
+        For the embedded sources: this site's index among ``num_partitions`` sites.
+    num_partitions : int
+        For the embedded sources: how many sites share the data set.
+    num_domains : int
+        For the embedded sources: how many visual domains the sites are spread over.
+    dirichlet_alpha : float
+        For the embedded sources: label skew within a domain (smaller is more skewed).
+    root : str
+        For ``image-folder``: the folder holding one sub-folder per class.
+    class_names : tuple[str, ...]
+        For ``image-folder``: class folder names to use (default: all, sorted).
+    test_fraction : float
+        Share of the site's images held out for personalized evaluation.
+    max_images : int
+        Upper bound on images per site (0: no bound); a random subset is taken.
+    image_size : int
+        Side length images are rendered at before the backbone resizes them.
+    """
+
+    source: str = "digits-domains"
+    partition_id: int = 0
+    num_partitions: int = 12
+    num_domains: int = 4
+    dirichlet_alpha: float = 0.5
+    root: str = ""
+    class_names: tuple[str, ...] = ()
+    test_fraction: float = 0.3
+    max_images: int = 0
+    image_size: int = 32
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """One site's settings, as read from its YAML file.
+
+    Attributes
+    ----------
+    site_id : str
+        Stable name of the site (letters, digits, ``_.-``); used in the key directory.
+    data : DataConfig
+        The site's data source.
+    state_dir : str
+        Folder for everything the site keeps: local prompts, cached features, keys.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:<i>``.
+    seed : int
+        Seed of the site's data split and local training.
+    identity_key : str
+        Path to the site's long-term Ed25519 private key (needed by ``secfpp``).
+    source : str
+        Where this configuration was read from (for error messages).
+    """
+
+    site_id: str
+    data: DataConfig = field(default_factory=DataConfig)
+    state_dir: str = ""
+    device: str = "auto"
+    seed: int = 0
+    identity_key: str = ""
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def state_path(self) -> Path:
+        """The state directory as a path (created on first use by the stores)."""
+        return Path(self.state_dir).expanduser()
+
+
+_TOP_KEYS = {"site-id", "data", "state-dir", "device", "seed", "identity-key"}
+_DATA_KEYS = {f.name.replace("_", "-") for f in fields(DataConfig)}
+
+
+def _expect_type(src: str, key: str, value: Any, kind: type, words: str) -> Any:
+    # bool is an int in Python; a YAML `true` for a number is a mistake worth naming.
+    if isinstance(value, bool) and kind is not bool:
+        raise SiteConfigError(src, key, words, value)
+    if kind is float and isinstance(value, int):
+        return float(value)
+    if not isinstance(value, kind):
+        raise SiteConfigError(src, key, words, value)
+    return value
+
+
+def _validate(cfg: SiteConfig) -> None:
+    src, d = cfg.source, cfg.data
+    if not isinstance(cfg.site_id, str) or not _SITE_ID_PATTERN.match(cfg.site_id):
+        raise SiteConfigError(
+            src, "site-id", "1-64 letters, digits, '_', '.', '-' (starting alnum)", cfg.site_id
+        )
+    if not cfg.state_dir:
+        raise SiteConfigError(src, "state-dir", "a folder path for the site's state")
+    if not isinstance(cfg.device, str) or not _DEVICE_PATTERN.match(cfg.device):
+        raise SiteConfigError(src, "device", "auto, cpu, cuda or cuda:<index>", cfg.device)
+    if d.source not in DATA_SOURCES:
+        raise SiteConfigError(src, "data.source", f"one of {', '.join(DATA_SOURCES)}", d.source)
+    if d.source == "image-folder":
+        if not d.root:
+            raise SiteConfigError(src, "data.root", "a folder with one sub-folder per class")
+        if not Path(d.root).expanduser().is_dir():
+            raise SiteConfigError(src, "data.root", "an existing folder", d.root)
+    else:
+        if d.num_partitions < 1:
+            raise SiteConfigError(src, "data.num-partitions", "an integer >= 1", d.num_partitions)
+        if not 0 <= d.partition_id < d.num_partitions:
+            raise SiteConfigError(
+                src, "data.partition-id", f"an integer in [0, {d.num_partitions})", d.partition_id
+            )
+        if not 1 <= d.num_domains <= 4:
+            raise SiteConfigError(src, "data.num-domains", "an integer in [1, 4]", d.num_domains)
+        if d.num_partitions < d.num_domains:
+            raise SiteConfigError(
+                src,
+                "data.num-partitions",
+                f"at least num-domains ({d.num_domains})",
+                d.num_partitions,
+            )
+    if not d.dirichlet_alpha > 0:
+        raise SiteConfigError(src, "data.dirichlet-alpha", "a number > 0", d.dirichlet_alpha)
+    if not 0.0 < d.test_fraction < 1.0:
+        raise SiteConfigError(src, "data.test-fraction", "a number in (0, 1)", d.test_fraction)
+    if d.max_images < 0:
+        raise SiteConfigError(src, "data.max-images", "an integer >= 0", d.max_images)
+    if not 8 <= d.image_size <= 512:
+        raise SiteConfigError(src, "data.image-size", "an integer in [8, 512]", d.image_size)
+
+
+def _parse_data(src: str, raw: Any) -> DataConfig:
+    if raw is None:
+        return DataConfig()
+    if not isinstance(raw, dict):
+        raise SiteConfigError(src, "data", "a mapping", raw)
+    unknown = sorted(set(map(str, raw)) - _DATA_KEYS)
+    if unknown:
+        raise SiteConfigError(
+            src, f"data.{unknown[0]}", f"one of the known keys {sorted(_DATA_KEYS)}"
+        )
+    kwargs: dict[str, Any] = {}
+    for f in fields(DataConfig):
+        key = f.name.replace("_", "-")
+        if key not in raw:
+            continue
+        value = raw[key]
+        dotted = f"data.{key}"
+        if f.name == "class_names":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise SiteConfigError(src, dotted, "a list of class-folder names", value)
+            if len(set(value)) != len(value) or len(value) < 2:
+                raise SiteConfigError(src, dotted, "at least two distinct names", value)
+            value = tuple(value)
+        elif isinstance(f.default, bool):
+            value = _expect_type(src, dotted, value, bool, "true or false")
+        elif isinstance(f.default, int):
+            value = _expect_type(src, dotted, value, int, "an integer")
+        elif isinstance(f.default, float):
+            value = _expect_type(src, dotted, value, float, "a number")
+        else:
+            value = _expect_type(src, dotted, value, str, "a string")
+        kwargs[f.name] = value
+    return DataConfig(**kwargs)
+
+
+def parse_site_config(
+    raw: Any, source: str = "<memory>", base_dir: Path | None = None
+) -> SiteConfig:
+    """Validate a parsed YAML document and build a :class:`SiteConfig`.
+
+    Parameters
+    ----------
+    raw : Any
+        The parsed YAML document (a mapping).
+    source : str
+        Name used in error messages (usually the file path).
+    base_dir : Path, optional
+        Relative paths (``state-dir``, ``identity-key``, ``data.root``) are resolved against it.
+
+    Returns
+    -------
+    SiteConfig
+        The validated configuration.
+
+    Raises
+    ------
+    SiteConfigError
+        If a key is unknown, missing or of the wrong type or value.
+    """
+    if not isinstance(raw, dict):
+        raise SiteConfigError(
+            source, "<top level>", "a mapping of keys to values", type(raw).__name__
+        )
+    unknown = sorted(set(map(str, raw)) - _TOP_KEYS)
+    if unknown:
+        raise SiteConfigError(source, unknown[0], f"one of the known keys {sorted(_TOP_KEYS)}")
+    if "site-id" not in raw:
+        raise SiteConfigError(source, "site-id", "a site name (the key is missing)")
+    if "state-dir" not in raw:
+        raise SiteConfigError(source, "state-dir", "a folder path (the key is missing)")
+
+    def path_value(key: str) -> str:
+        value = _expect_type(source, key, raw.get(key, ""), str, "a path string")
+        if value and base_dir is not None and not Path(value).expanduser().is_absolute():
+            value = str((base_dir / value).resolve())
+        return value
+
+    data = _parse_data(source, raw.get("data"))
+    if data.root and base_dir is not None and not Path(data.root).expanduser().is_absolute():
+        data = DataConfig(**{**data.__dict__, "root": str((base_dir / data.root).resolve())})
+    return SiteConfig(
+        site_id=_expect_type(source, "site-id", raw["site-id"], str, "a site name string"),
+        data=data,
+        state_dir=path_value("state-dir"),
+        device=_expect_type(source, "device", raw.get("device", "auto"), str, "a device string"),
+        seed=_expect_type(source, "seed", raw.get("seed", 0), int, "an integer"),
+        identity_key=path_value("identity-key"),
+        source=source,
+    )
+
+
+def load_site_config(path: str | Path) -> SiteConfig:
+    """Read and validate one site's YAML file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The site file. Relative paths inside it are resolved against its folder.
+
+    Returns
+    -------
+    SiteConfig
+        The validated configuration.
+
+    Raises
+    ------
+    SiteConfigError
+        If the file is missing, is not valid YAML, or does not match the schema.
+    """
+    path = Path(path).expanduser()
+    src = str(path)
+    if not path.is_file():
+        raise SiteConfigError(src, "<file>", "an existing, readable YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "<file>"
+        raise SiteConfigError(src, where, f"valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    return parse_site_config(raw, source=src, base_dir=path.parent.resolve())
+
+
+def simulated_site_config(
+    partition_id: int,
+    num_partitions: int,
+    state_root: str | Path,
+    source: str = "digits-domains",
+    seed: int = 0,
+    device: str = "auto",
+    num_domains: int = 4,
+    dirichlet_alpha: float = 0.5,
+) -> SiteConfig:
+    """Build the site configuration a simulated SuperNode uses (no file needed).
+
+    Parameters
+    ----------
+    partition_id, num_partitions : int
+        From the simulation engine's node config.
+    state_root : str or Path
+        Parent folder; the site's state lives in ``<state_root>/site-<partition_id>``.
+    source : str
+        An embedded data source (``digits-domains`` or ``fashion-mnist-domains``).
+    seed : int
+        Federation seed; every simulated site must use the same one so partitions agree.
+    device : str
+        Device string for every simulated site.
+    num_domains : int
+        Number of visual domains.
+    dirichlet_alpha : float
+        Label skew within each domain.
+
+    Returns
+    -------
+    SiteConfig
+        A validated configuration.
+    """
+    return SiteConfig(
+        site_id=f"site-{partition_id}",
+        data=DataConfig(
+            source=source,
+            partition_id=partition_id,
+            num_partitions=num_partitions,
+            num_domains=num_domains,
+            dirichlet_alpha=dirichlet_alpha,
+        ),
+        state_dir=str(Path(state_root).expanduser() / f"site-{partition_id}"),
+        device=device,
+        seed=seed,
+        source="<simulation>",
+    )
