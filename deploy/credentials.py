@@ -136,9 +136,12 @@ def validate_site_ids(sites: Iterable[str]) -> list[str]:
     return out
 
 
-def split_sans(names: Iterable[str]) -> tuple[list[ipaddress.IPv4Address | ipaddress.IPv6Address], list[str]]:
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def split_sans(names: Iterable[str]) -> tuple[list[IPAddress], list[str]]:
     """Split addresses into IP SANs and DNS SANs (deduplicated, order kept)."""
-    ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    ips: list[IPAddress] = []
     dns: list[str] = []
     for raw in names:
         name = raw.strip()
@@ -150,7 +153,9 @@ def split_sans(names: Iterable[str]) -> tuple[list[ipaddress.IPv4Address | ipadd
             ip = ipaddress.ip_address(name)
         except ValueError:
             if not re.match(r"^[A-Za-z0-9*]([A-Za-z0-9.-]*[A-Za-z0-9])?$", name):
-                raise CredentialsError(f"address {raw!r} is neither an IP address nor a DNS name")
+                raise CredentialsError(
+                    f"address {raw!r} is neither an IP address nor a DNS name"
+                ) from None
             if name.lower() not in (d.lower() for d in dns):
                 dns.append(name)
         else:
@@ -440,9 +445,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "identity keys of a SecFPP federation.",
     )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument(
-        "--sites", default="", help="comma-separated site ids, e.g. site-a,site-b"
-    )
+    parser.add_argument("--sites", default="", help="comma-separated site ids, e.g. site-a,site-b")
     parser.add_argument(
         "--superlink-address",
         action="append",

@@ -521,9 +521,7 @@ class LocalFederation:
         return node
 
     def _online_ids(self) -> set[int]:
-        return {
-            int(n["node-id"]) for n in self.list_nodes() if str(n.get("status")) == "online"
-        }
+        return {int(n["node-id"]) for n in self.list_nodes() if str(n.get("status")) == "online"}
 
     # --------------------------------------------------------------------- runs
     def submit(
@@ -661,3 +659,35 @@ def local_federation(**kwargs: Any) -> Iterator[LocalFederation]:
     """Function form of :class:`LocalFederation` (same arguments)."""
     with LocalFederation(**kwargs) as fed:
         yield fed
+
+
+def write_site_yaml(
+    path: Path | str,
+    site_id: str,
+    *,
+    state_dir: Path | str,
+    identity_key: Path | str | None = None,
+    data: Mapping[str, Any] | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+) -> Path:
+    """Write one site's YAML file (schema: ``deploy/site.example.yaml``); return its path.
+
+    Paths are written absolute so the file works from any working directory.
+    """
+    import yaml  # local: the rest of this module needs only the standard library
+
+    doc: dict[str, Any] = {
+        "site-id": site_id,
+        "state-dir": str(Path(state_dir).resolve()),
+        "device": device,
+        "seed": seed,
+    }
+    if identity_key is not None:
+        doc["identity-key"] = str(Path(identity_key).resolve())
+    if data:
+        doc["data"] = dict(data)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path.resolve()

@@ -35,9 +35,7 @@ def main(grid: Grid, context: Context) -> None:
             for node in nodes
         ]
         replies = list(grid.send_and_receive(msgs, timeout=120))
-        sites = sorted(
-            str(r.content["echo"]["site-config"]) for r in replies if r.has_content()
-        )
+        sites = sorted(str(r.content["echo"]["site-config"]) for r in replies if r.has_content())
         rounds.append({"round": rnd, "seconds": time.monotonic() - start, "sites": sites})
     out = Path(str(cfg["outputs-dir"])) / f"run-{grid.run.run_id}"
     out.mkdir(parents=True, exist_ok=True)
