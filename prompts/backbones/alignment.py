@@ -11,10 +11,11 @@ The alignment is fitted once, with no labelled data of any target task, as a rid
   itself uses to recognise that class.
 
 The ridge penalty is picked by 5-fold cross-validation over ImageNet *classes* (held-out classes'
-names must retrieve their own classifier row among the 200 held-out rows), so the choice uses only ImageNet
-metadata and the two pretrained towers. The fitted map, the chosen penalty and the held-out
-retrieval accuracy are cached in ``<cache_dir>/two-tower-alignment-<hash>.pt``, keyed by a hash of
-every input (class list, templates, settings, both towers' weight files), and written atomically.
+names must retrieve their own classifier row among the 200 held-out rows), so the choice uses
+only ImageNet metadata and the two pretrained towers. The fitted map, the chosen penalty and the
+held-out retrieval accuracy are cached in ``<cache_dir>/two-tower-alignment-<hash>.pt``, keyed
+by a hash of every input (class list, templates, settings, both towers' weight files), and
+written atomically.
 """
 
 from __future__ import annotations
@@ -133,7 +134,9 @@ def fit(backbone) -> dict:
     x_cls = torch.zeros(n_cls, x.shape[1], dtype=x.dtype).index_add_(0, labels, x)
     x_cls /= torch.bincount(labels, minlength=n_cls).unsqueeze(1).to(x.dtype)
     x_one = x[torch.tensor([i for i, t in enumerate(texts) if t.startswith("a photo of a ")])]
-    one_labels = labels[torch.tensor([i for i, t in enumerate(texts) if t.startswith("a photo of a ")])]
+    one_labels = labels[
+        torch.tensor([i for i, t in enumerate(texts) if t.startswith("a photo of a ")])
+    ]
 
     gen = torch.Generator().manual_seed(0)
     fold_of_class = torch.randperm(n_cls, generator=gen) % N_FOLDS

@@ -18,7 +18,7 @@ DEFAULT_CACHE_DIR = Path("~/.cache/secfpp/backbones")
 
 
 def default_cache_dir(cache_dir: str | Path | None = None) -> Path:
-    """Resolve the alignment cache folder: the argument, ``$SECFPP_BACKBONE_CACHE``, or the default."""
+    """Resolve the cache folder: the argument, ``$SECFPP_BACKBONE_CACHE``, or the default."""
     if cache_dir is None:
         cache_dir = os.environ.get("SECFPP_BACKBONE_CACHE") or DEFAULT_CACHE_DIR
     return Path(cache_dir).expanduser()
@@ -34,7 +34,7 @@ class TextInputs:
         attention_mask: (n_cls, L) 1 for real tokens, 0 for padding.
         ctx_start: index of the first placeholder token (the same for every row).
         n_ctx: number of placeholder tokens, replaced by the context vectors.
-        pool_index: (n_cls,) position used for pooling (end-of-text for CLIP; unused by mean pooling).
+        pool_index: (n_cls,) pooling position (end-of-text for CLIP; unused by mean pooling).
         class_names: the class names, in row order.
     """
 

@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
             row["fashion_n"] = int(fx.shape[0])
         info = getattr(bb, "alignment_info", None)
         if info:
-            row["alignment"] = {k: info[k] for k in ("lambda", "cv_heldout_class_top1") if k in info}
+            row["alignment"] = {
+                k: info[k] for k in ("lambda", "cv_heldout_class_top1") if k in info
+            }
             row["alignment_cache"] = info.get("path")
         result["results"].append(row)
         if args.backbone != "two-tower":

@@ -1,10 +1,9 @@
-"""Two-tower backbone: shapes, normalisation, gradient flow, alignment cache, fitted-map property."""
+"""Two-tower backbone: shapes, normalisation, gradients, alignment cache, fitted-map property."""
 
 import pytest
 import torch
 
-from prompts.backbones import PromptableBackbone, load_backbone
-from prompts.backbones import alignment
+from prompts.backbones import PromptableBackbone, alignment, load_backbone
 
 
 @pytest.fixture(scope="module")
