@@ -1,0 +1,103 @@
+"""``evaluate``: teacher zero-shot, student + prompt and teacher + transferred prompt(s).
+
+All on the held-out test split recorded with the student prompt (same task, split seed and
+template), with the prompts as saved at their final step.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .common import Progress, load_model, read_metadata
+from .config import EvaluateConfig
+from .data import encode_templated, label_token_ids, load_task, split_task
+from .prompt import last_logits, load_prompt
+
+
+@torch.no_grad()
+def predict(
+    model, tok, prompt, texts, template, label_ids, max_text_tokens, batch_size, progress=None
+) -> torch.Tensor:
+    """Return the predicted class index of each text (argmax over the label words)."""
+    device = model.get_input_embeddings().weight.device
+    ids_t = torch.tensor(label_ids, device=device)
+    preds = []
+    for b, i in enumerate(range(0, len(texts), batch_size), start=1):
+        enc = encode_templated(tok, texts[i : i + batch_size], template, max_text_tokens)
+        logits = last_logits(
+            model, enc["input_ids"].to(device), enc["attention_mask"].to(device), prompt
+        )
+        preds.append(logits[:, ids_t].argmax(-1).cpu())
+        if progress is not None:
+            progress.update(b)
+    return torch.cat(preds)
+
+
+def accuracy(
+    model,
+    tok,
+    prompt,
+    texts,
+    labels,
+    template,
+    label_ids,
+    max_text_tokens,
+    batch_size,
+    progress=None,
+) -> float:
+    """Fraction of texts whose top label word is the right one."""
+    preds = predict(
+        model, tok, prompt, texts, template, label_ids, max_text_tokens, batch_size, progress
+    )
+    return (preds == torch.tensor(labels)).float().mean().item()
+
+
+def run_evaluate(cfg: EvaluateConfig, teacher=None, tok=None, student=None, quiet=False):
+    """Evaluate side by side; returns the results dict (also printed and written to ``out``)."""
+    s_meta = read_metadata(cfg.student_prompt)
+    task = cfg.task or s_meta["task"]
+    test_size = cfg.test_size or s_meta["test_size"]
+    _, test = split_task(load_task(task), s_meta["train_size"], test_size, s_meta["data_seed"])
+    template, words = s_meta["template"], s_meta["label_words"]
+    max_tokens = s_meta["max_text_tokens"]
+    nbatch = -(-len(test.texts) // cfg.batch_size)
+
+    def acc(model, model_tok, prompt, name):
+        label_ids = label_token_ids(model_tok, words)
+        prog = Progress(f"evaluate {name}", nbatch, cfg.log_every, quiet)
+        return accuracy(
+            model,
+            model_tok,
+            prompt,
+            test.texts,
+            test.labels,
+            template,
+            label_ids,
+            max_tokens,
+            cfg.batch_size,
+            prog,
+        )
+
+    results: dict = {"task": task, "test_size": len(test.texts), "label_words": words}
+    if student is None:
+        student, s_tok, _ = load_model(cfg.student, cfg.cache_dir or None, cfg.device)
+    else:
+        s_tok = tok
+    s_prompt, _ = load_prompt(cfg.student_prompt, student, s_tok)
+    results["student_prompt_acc"] = acc(student, s_tok, s_prompt, "student+prompt")
+    if teacher is None:
+        teacher, tok, _ = load_model(cfg.teacher, cfg.cache_dir or None, cfg.device)
+    results["teacher_zero_shot_acc"] = acc(teacher, tok, None, "teacher zero-shot")
+    for folder in [p.strip() for p in cfg.teacher_prompt.split(",") if p.strip()]:
+        t_prompt, _ = load_prompt(folder, teacher, tok)
+        results[f"teacher_prompt_acc[{folder}]"] = acc(teacher, tok, t_prompt, Path(folder).name)
+    text = json.dumps(results, indent=2)
+    print(text, file=sys.stderr if quiet else sys.stdout)
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(text)
+    return results

