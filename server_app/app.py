@@ -1,0 +1,63 @@
+"""The SecFPP ServerApp: read the run config, run the chosen strategy, write results."""
+
+from __future__ import annotations
+
+import logging
+import random
+from logging import INFO
+from pathlib import Path
+
+from flwr.app import ArrayRecord, Context
+from flwr.common.logger import log as flwr_log
+from flwr.serverapp import Grid, ServerApp
+
+from strategies.registry import strategy_class
+
+from .results import ResultsWriter
+from .settings import ServerSettings
+
+app = ServerApp()
+
+
+def run_server(grid: Grid, run_config: dict, echo=None) -> ResultsWriter:
+    """Run one federation with the strategy and settings of ``run_config``.
+
+    Parameters
+    ----------
+    grid : Grid
+        Flower's grid (a SuperLink) or the in-process grid.
+    run_config : dict
+        The run config (``[tool.flwr.app.config]`` plus overrides).
+    echo : callable, optional
+        Where the per-round table goes (default: the Flower log).
+
+    Returns
+    -------
+    ResultsWriter
+        Holds the per-round records and the paths of the files written.
+    """
+    settings = ServerSettings.from_run_config(run_config)
+    # Node sampling uses Python's global generator inside Flower's strategies.
+    random.seed(settings.seed)
+    writer = ResultsWriter(
+        Path(settings.output_dir) / settings.run_name,
+        header={"strategy": settings.strategy, "run_config": dict(run_config)},
+        echo=echo or (lambda line: flwr_log(INFO, "%s", line)),
+    )
+    strategy = strategy_class(settings.strategy)(
+        training=settings.training,
+        min_sites=settings.min_sites,
+        fraction_train=settings.fraction_train,
+        on_round_end=writer.on_round,
+    )
+    rounds = 1 if settings.strategy == "zeroshot" else settings.num_server_rounds
+    strategy.start(grid, ArrayRecord(), num_rounds=rounds, timeout=settings.round_timeout)
+    writer.finish()
+    return writer
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point of ``flwr run``."""
+    logging.getLogger("secfpp").setLevel(logging.INFO)
+    run_server(grid, dict(context.run_config))

@@ -1,0 +1,102 @@
+"""The server's view of the run config: every key it reads, typed and validated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from strategies.base import LocalTraining
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Federation-wide settings the ServerApp reads from ``[tool.flwr.app.config]``.
+
+    Attributes
+    ----------
+    strategy : str
+        Which strategy runs (see :mod:`strategies.registry`).
+    num_server_rounds : int
+        Training rounds (``zeroshot`` always runs one evaluation round).
+    local_epochs, learning_rate, batch_size
+        Local training hyperparameters sent to the sites.
+    min_sites : int
+        Sites that must be connected before a round starts.
+    fraction_train : float
+        Share of connected sites sampled for training each round.
+    round_timeout : float
+        Seconds the server waits for replies in one exchange.
+    seed : int
+        Federation seed (sampling on the server; data split and initialisation on sites).
+    run_name : str
+        Name of the run: results go to ``<output-dir>/<run-name>/``.
+    output_dir : str
+        Folder that receives one sub-folder of results per run.
+    """
+
+    strategy: str = "hierarchical"
+    num_server_rounds: int = 5
+    local_epochs: int = 2
+    learning_rate: float = 0.01
+    batch_size: int = 32
+    min_sites: int = 2
+    fraction_train: float = 1.0
+    round_timeout: float = 3600.0
+    seed: int = 0
+    run_name: str = "secfpp"
+    output_dir: str = "outputs"
+
+    def __post_init__(self) -> None:
+        if self.num_server_rounds < 1:
+            raise ValueError(
+                "run config 'num-server-rounds': expected an integer >= 1, "
+                f"got {self.num_server_rounds}"
+            )
+        if self.min_sites < 1:
+            raise ValueError(
+                f"run config 'min-sites': expected an integer >= 1, got {self.min_sites}"
+            )
+        if not 0.0 < self.fraction_train <= 1.0:
+            raise ValueError(
+                "run config 'fraction-train': expected a number in (0, 1], "
+                f"got {self.fraction_train}"
+            )
+        if not self.round_timeout > 0:
+            raise ValueError(
+                f"run config 'round-timeout': expected seconds > 0, got {self.round_timeout}"
+            )
+        if not self.run_name or "/" in self.run_name or self.run_name in (".", ".."):
+            raise ValueError(
+                f"run config 'run-name': expected a plain folder name, got {self.run_name!r}"
+            )
+        LocalTraining(self.local_epochs, self.learning_rate, self.batch_size)
+
+    @property
+    def training(self) -> LocalTraining:
+        """The hyperparameters sent to sites."""
+        return LocalTraining(self.local_epochs, self.learning_rate, self.batch_size)
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> ServerSettings:
+        """Pick this class's keys out of a run config, checking each value's type.
+
+        Keys the server does not read (the sites' keys) are ignored here.
+        """
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f.name.replace("_", "-")
+            if key not in run_config:
+                continue
+            value, default = run_config[key], f.default
+            if (
+                isinstance(default, float)
+                and isinstance(value, int)
+                and not isinstance(value, bool)
+            ):
+                value = float(value)
+            if type(value) is not type(default):
+                raise ValueError(
+                    f"run config '{key}': expected {type(default).__name__}, got {value!r}"
+                )
+            kwargs[f.name] = value
+        return cls(**kwargs)
