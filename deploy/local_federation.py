@@ -289,7 +289,8 @@ class LocalFederation:
         path = self._bin / name
         return str(path) if path.exists() else (shutil.which(name) or name)
 
-    def _spawn(self, name: str, argv: Sequence[str], cwd: Path) -> ManagedProcess:
+    def spawn(self, name: str, argv: Sequence[str], cwd: Path) -> ManagedProcess:
+        """Start ``argv`` in its own process group with this federation's environment and log."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:
@@ -357,7 +358,8 @@ class LocalFederation:
         return self._logs_text(lines)
 
     # --------------------------------------------------------------- superlink
-    def _write_flwr_config(self) -> None:
+    def write_flwr_config(self) -> None:
+        """Write ``$FLWR_HOME/config.toml`` with one connection to this SuperLink."""
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         lines = [
             "[superlink]",
@@ -382,7 +384,7 @@ class LocalFederation:
             return self
         self.port = free_port()
         self.superlink_dir.mkdir(parents=True, exist_ok=True)
-        self._write_flwr_config()
+        self.write_flwr_config()
         argv = [self._exe("flower-superlink"), "--host", HOST, "--port", str(self.port)]
         if self.tls_dir is not None:
             argv += [
@@ -402,7 +404,13 @@ class LocalFederation:
         if self.database:
             argv += ["--database", str(self.superlink_dir / "state.db")]
         argv.append("--disable-runtime-dependency-installation")
-        self.superlink = self._spawn("superlink", argv, cwd=self.superlink_dir)
+        self.superlink = self.spawn("superlink", argv, cwd=self.superlink_dir)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        """Wait until the SuperLink's port is open and its Control API answers `flwr ls`."""
+        assert self.superlink is not None
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if not self.superlink.alive():
@@ -422,7 +430,6 @@ class LocalFederation:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-        return self
 
     # --------------------------------------------------------------- supernodes
     def register(self, public_key: Path | str, name: str | None = None) -> int:
@@ -503,7 +510,7 @@ class LocalFederation:
         node_dir = Path(cwd) if cwd else self.workdir / "supernodes" / name
         node_dir.mkdir(parents=True, exist_ok=True)
         before = self._online_ids() if wait_online else set()
-        proc = self._spawn(f"supernode-{name}", argv, cwd=node_dir)
+        proc = self.spawn(f"supernode-{name}", argv, cwd=node_dir)
         node = SuperNode(name, proc, port, config, key, node_id)
         self.supernodes.append(node)
         if wait_online:
@@ -519,6 +526,41 @@ class LocalFederation:
                     raise FederationError(f"supernode {name} did not come online" + self.logs())
                 time.sleep(0.5)
         return node
+
+    def add_site(
+        self,
+        site_id: str,
+        data: Mapping[str, Any],
+        *,
+        credentials: Path | str | None = None,
+        device: str = "cpu",
+        seed: int = 0,
+        register: bool = True,
+    ) -> SuperNode:
+        """Write a site YAML under ``workdir/sites/<site_id>`` and start its SuperNode.
+
+        The site's state directory is ``workdir/sites/<site_id>/state``; with ``credentials``
+        (a ``deploy.credentials`` folder) the site uses ``<credentials>/<site_id>/identity.key``
+        as identity and ``auth.key`` for SuperNode authentication.
+        """
+        site_dir = self.workdir / "sites" / site_id
+        creds = Path(credentials).resolve() if credentials else None
+        yaml_path = write_site_yaml(
+            site_dir / "site.yaml",
+            site_id,
+            state_dir=site_dir / "state",
+            identity_key=creds / site_id / "identity.key" if creds else None,
+            data=data,
+            device=device,
+            seed=seed,
+        )
+        return self.add_supernode(
+            site_id,
+            {"site-config": str(yaml_path)},
+            auth_key=creds / site_id / "auth.key" if creds and self.supernode_auth else None,
+            register=register,
+            cwd=site_dir,
+        )
 
     def _online_ids(self) -> set[int]:
         return {int(n["node-id"]) for n in self.list_nodes() if str(n.get("status")) == "online"}

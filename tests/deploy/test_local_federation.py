@@ -105,7 +105,7 @@ def test_superlink_refuses_plaintext_when_tls_is_on(tmp_path):
         # The same node, but without the CA: it must not connect over plaintext or unverified TLS.
         argv_fed = LocalFederation(tmp_path / "plain")
         argv_fed.port = fed.port
-        argv_fed._write_flwr_config()
+        argv_fed.write_flwr_config()
         with pytest.raises(FederationError):
             argv_fed.flwr_json("ls", argv_fed.connection, timeout=30)
     assert fed.leftovers == []

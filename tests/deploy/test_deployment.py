@@ -1,0 +1,107 @@
+"""The real thing: a TLS-secured SuperLink with SuperNode authentication, three SuperNodes with
+their own site YAMLs and state folders, `flwr run` of the SecFPP app for two rounds.
+
+Slow (starts real Flower processes; each message to a site runs in a fresh `flwr-clientapp`
+process). Budget: 6 minutes on 2 cores. Run with `pytest -m slow tests/deploy`.
+"""
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy.credentials import generate
+from deploy.local_federation import LocalFederation, running_flower_processes
+
+REPO = Path(__file__).resolve().parents[2]
+SITES = ["site-0", "site-1", "site-2"]
+ROUNDS = 2
+
+
+def site_data(index: int) -> dict:
+    """Site ``index`` of three on the embedded digits, one domain each, few images (fast)."""
+    return {
+        "source": "digits-domains",
+        "partition-id": index,
+        "num-partitions": len(SITES),
+        "num-domains": len(SITES),
+        "max-images": 120,
+    }
+
+
+def strategy_under_test() -> str:
+    """``secfpp`` once the registry has it, the ``promptfl`` baseline before."""
+    from strategies.registry import STRATEGIES
+
+    return "secfpp" if "secfpp" in STRATEGIES else "promptfl"
+
+
+def run_config(workdir: Path, strategy: str, identities: Path) -> dict:
+    config = {
+        "strategy": strategy,
+        "num-server-rounds": ROUNDS,
+        "local-epochs": 1,
+        "min-sites": len(SITES),
+        "output-dir": str(workdir / "outputs"),
+        "run-name": "deploy-test",
+        "device": "cpu",
+    }
+    if strategy == "secfpp":
+        config["site-identities"] = str(identities)
+    return config
+
+
+@pytest.mark.slow
+def test_tls_authenticated_federation_runs_the_app(tmp_path):
+    started = time.monotonic()
+    before = {pid for pid, _ in running_flower_processes()}
+    creds = generate(tmp_path / "credentials", [*SITES, "rogue"], ["127.0.0.1"])
+    strategy = strategy_under_test()
+    fed = LocalFederation(tmp_path / "federation", tls_dir=creds.root, supernode_auth=True)
+    with fed:
+        nodes = [
+            fed.add_site(site, site_data(i), credentials=creds.root) for i, site in enumerate(SITES)
+        ]
+        registered = {int(n["node-id"]) for n in fed.list_nodes() if n["status"] == "online"}
+        assert registered == {n.node_id for n in nodes}
+
+        # A SuperNode whose key was never registered is refused and does not join.
+        rogue = fed.add_supernode(
+            "rogue",
+            {"site-config": str(tmp_path / "nowhere.yaml")},
+            auth_key=creds.auth_key("rogue"),
+            register=False,
+            wait_online=False,
+            max_wait_time=5,
+        )
+        assert rogue.process.popen.wait(60) != 0, rogue.process.log()
+        assert "Failed to activate SuperNode" in rogue.process.log(200)
+
+        result = fed.run(REPO, run_config(tmp_path, strategy, creds.identities), timeout=300)
+        assert result.ok, result.describe()
+        online = {int(n["node-id"]) for n in fed.list_nodes() if n["status"] == "online"}
+        assert online == {n.node_id for n in nodes}  # the rogue never joined
+
+    # Every process we started is gone, and nothing Flower started outlived it.
+    assert fed.leftovers == [], fed.leftovers
+    for proc in [fed.superlink, *(n.process for n in fed.supernodes)]:
+        assert proc.popen.poll() is not None, proc.name
+    orphans = [(pid, cmd) for pid, cmd in running_flower_processes() if pid not in before]
+    assert orphans == []
+
+    results_file = tmp_path / "outputs" / "deploy-test" / "results.json"
+    assert results_file.is_file(), result.describe()
+    results = json.loads(results_file.read_text())
+    assert results["strategy"] == strategy
+    assert len(results["rounds"]) == ROUNDS
+    for record in results["rounds"]:
+        # Every site answered every round with a real accuracy.
+        assert len(record["sites"]) == len(SITES), (record, result.describe())
+        assert 0.0 <= record["mean_accuracy"] <= 1.0 and not math.isnan(record["mean_accuracy"])
+    # Each site kept its state in its own folder.
+    for site in SITES:
+        state = fed.workdir / "sites" / site / "state"
+        assert state.is_dir() and any(state.rglob("*")), site
+    assert time.monotonic() - started < 360
