@@ -6,6 +6,7 @@ federation with the SecFPP app is in test_deployment.py.
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,29 @@ def test_superlink_refuses_plaintext_when_tls_is_on(tmp_path):
             argv_fed.flwr_json("ls", argv_fed.connection, timeout=30)
     assert fed.leftovers == []
     assert os.environ.get("FLWR_HOME") != str(fed.flwr_home)
+
+
+@pytest.mark.slow
+def test_superlink_restart_keeps_registrations_and_unregister_removes_a_site(tmp_path):
+    """What deploy/README.md promises about restarts and removing a site."""
+    creds = generate(tmp_path / "creds", ["site-a", "site-b"], ["127.0.0.1"]).root
+    with LocalFederation(tmp_path / "fed", tls_dir=creds, supernode_auth=True) as fed:
+        a = fed.add_supernode("site-a", auth_key=creds / "site-a" / "auth.key")
+        b = fed.add_supernode("site-b", auth_key=creds / "site-b" / "auth.key")
+        argv = fed.superlink.argv
+        fed.superlink.stop()
+        fed.superlink = fed.spawn("superlink-restarted", argv, cwd=fed.superlink_dir)
+        fed.wait_ready()
+        deadline = time.monotonic() + 60
+        while fed._online_ids() != {a.node_id, b.node_id}:
+            assert time.monotonic() < deadline, fed.logs()
+            time.sleep(1)
+        fed.unregister(b.node_id)
+        assert b.process.popen.wait(60) is not None
+        status = {int(n["node-id"]): n["status"] for n in fed.list_nodes()}
+        assert status == {a.node_id: "online", b.node_id: "unregistered"}
+        result = fed.run(ECHO_APP, {"num-server-rounds": 1}, timeout=120)
+        assert result.ok, result.describe()
+    assert fed.leftovers == []
+    (results,) = (fed.superlink_dir / "outputs").glob("run-*/results.json")
+    assert json.loads(results.read_text())["nodes"] == 1
