@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flwr.app import ArrayRecord
+
 from client_app.app import app as client_app
 from server_app.app import run_server
 from server_app.inprocess_grid import InProcessGrid, ReplyHook
@@ -32,6 +34,7 @@ class FederationRun:
     writer: ResultsWriter
     grid: InProcessGrid
     run_config: dict[str, Any]
+    final_arrays: ArrayRecord
 
 
 def run_federation(
@@ -60,7 +63,8 @@ def run_federation(
     Returns
     -------
     FederationRun
-        The results writer (per-round records, files), the grid (wire log) and the config.
+        The results writer (per-round records, files), the grid (wire log), the config and
+        the final shared arrays.
     """
     run_config = {**default_run_config(), **(overrides or {})}
     unknown = set(overrides or {}) - set(default_run_config())
@@ -69,5 +73,7 @@ def run_federation(
     if node_configs is None:
         node_configs = [{"partition-id": i, "num-partitions": num_sites} for i in range(num_sites)]
     grid = InProcessGrid(client_app, node_configs, run_config, reply_hook=reply_hook)
-    writer = run_server(grid, run_config, echo=echo)
-    return FederationRun(writer=writer, grid=grid, run_config=run_config)
+    writer, result = run_server(grid, run_config, echo=echo)
+    return FederationRun(
+        writer=writer, grid=grid, run_config=run_config, final_arrays=result.arrays
+    )

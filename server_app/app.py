@@ -10,6 +10,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord, Context
 from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Result
 
 from strategies.registry import strategy_class
 
@@ -19,7 +20,7 @@ from .settings import ServerSettings
 app = ServerApp()
 
 
-def run_server(grid: Grid, run_config: dict, echo=None) -> ResultsWriter:
+def run_server(grid: Grid, run_config: dict, echo=None) -> tuple[ResultsWriter, Result]:
     """Run one federation with the strategy and settings of ``run_config``.
 
     Parameters
@@ -33,8 +34,9 @@ def run_server(grid: Grid, run_config: dict, echo=None) -> ResultsWriter:
 
     Returns
     -------
-    ResultsWriter
-        Holds the per-round records and the paths of the files written.
+    tuple of ResultsWriter and Result
+        The writer holds the per-round records and the paths of the files written; the
+        Flower ``Result`` holds the final shared arrays.
     """
     settings = ServerSettings.from_run_config(run_config)
     # Node sampling uses Python's global generator inside Flower's strategies.
@@ -51,9 +53,9 @@ def run_server(grid: Grid, run_config: dict, echo=None) -> ResultsWriter:
         on_round_end=writer.on_round,
     )
     rounds = 1 if settings.strategy == "zeroshot" else settings.num_server_rounds
-    strategy.start(grid, ArrayRecord(), num_rounds=rounds, timeout=settings.round_timeout)
+    result = strategy.start(grid, ArrayRecord(), num_rounds=rounds, timeout=settings.round_timeout)
     writer.finish()
-    return writer
+    return writer, result
 
 
 @app.main()

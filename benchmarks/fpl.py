@@ -1,0 +1,130 @@
+"""Federated prompt learning benchmark: one method, one data set, in process.
+
+Example::
+
+    python -m benchmarks.fpl --method hierarchical --dataset digits-domains \
+        --sites 12 --rounds 10 --seed 0 --out outputs/bench/hierarchical.json
+
+Prints the per-round table while it runs and one JSON object as its last line (also written
+to ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from benchmarks.federation import run_federation  # noqa: E402
+from strategies.registry import STRATEGIES  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.fpl", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--method", required=True, choices=sorted(STRATEGIES))
+    parser.add_argument(
+        "--dataset", default="digits-domains", choices=["digits-domains", "fashion-mnist-domains"]
+    )
+    parser.add_argument("--sites", type=int, default=12, help="number of sites (default 12)")
+    parser.add_argument("--rounds", type=int, default=10, help="training rounds (default 10)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--local-epochs", type=int, default=None, help="default: pyproject")
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: pyproject")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: pyproject")
+    parser.add_argument("--n-ctx", type=int, default=None, help="default: pyproject")
+    parser.add_argument("--backbone", default=None, help="default: pyproject (two-tower)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other run-config key (repeatable); VALUE is parsed as JSON when it can be",
+    )
+    parser.add_argument(
+        "--state-root",
+        default="~/.cache/secfpp/bench",
+        help="parent of the sites' state folders (image features are cached there)",
+    )
+    parser.add_argument("--out", default=None, help="write the JSON result here too")
+    return parser.parse_args(argv)
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    state_root = Path(args.state_root).expanduser() / args.dataset
+    overrides = {
+        "strategy": args.method,
+        "num-server-rounds": args.rounds,
+        "seed": args.seed,
+        "dataset": args.dataset,
+        "run-name": f"bench-{args.method}-{args.dataset}-s{args.sites}-seed{args.seed}",
+        "sim-state-root": str(state_root),
+        "output-dir": str(Path(args.out).expanduser().parent if args.out else state_root / "runs"),
+        "device": "auto",
+    }
+    for key, value in (
+        ("local-epochs", args.local_epochs),
+        ("learning-rate", args.learning_rate),
+        ("batch-size", args.batch_size),
+        ("n-ctx", args.n_ctx),
+        ("backbone", args.backbone),
+    ):
+        if value is not None:
+            overrides[key] = value
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set: expected KEY=VALUE, got {item!r}")
+        overrides[key] = _parse_value(value)
+
+    start = time.perf_counter()
+    run = run_federation(args.sites, overrides, echo=lambda line: print(line, file=sys.stderr))
+    seconds = time.perf_counter() - start
+    records = run.writer.records
+    final = records[-1]
+    up_bytes = run.grid.bytes_sent("up", message_type="train")
+    train_rounds = sum(1 for r in records if r.train_metrics)
+    result = {
+        "method": args.method,
+        "dataset": args.dataset,
+        "sites": args.sites,
+        "rounds": len(records),
+        "seed": args.seed,
+        "mean_personalized_accuracy": final.mean_accuracy,
+        "worst_site_accuracy": final.worst_accuracy,
+        "per_site_accuracy": {s.site_id: s.accuracy for s in final.sites},
+        "per_site_domain": {s.site_id: s.domain for s in final.sites},
+        "mean_accuracy_per_round": [r.mean_accuracy for r in records],
+        "seconds_total": seconds,
+        "seconds_train_per_site_round": (
+            sum(r.train_metrics.get("train-seconds", 0.0) for r in records) / max(1, train_rounds)
+        ),
+        "bytes_up_per_site_round": up_bytes / max(1, args.sites * max(1, train_rounds)),
+        "run_config": {k: v for k, v in run.run_config.items()},
+    }
+    if args.out:
+        out = Path(args.out).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
