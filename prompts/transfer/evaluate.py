@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .common import Progress, load_model, read_metadata
+from .common import Progress, load_model, read_metadata, setup_run
 from .config import EvaluateConfig
 from .data import encode_templated, label_token_ids, load_task, split_task
 from .prompt import last_logits, load_prompt
@@ -58,6 +58,7 @@ def accuracy(
 
 def run_evaluate(cfg: EvaluateConfig, teacher=None, tok=None, student=None, quiet=False):
     """Evaluate side by side; returns the results dict (also printed and written to ``out``)."""
+    setup_run(cfg)
     s_meta = read_metadata(cfg.student_prompt)
     task = cfg.task or s_meta["task"]
     test_size = cfg.test_size or s_meta["test_size"]

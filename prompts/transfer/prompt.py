@@ -30,6 +30,7 @@ def prompt_tuning_config(model, num_virtual_tokens: int, init_text: str, model_i
         task_type=TaskType.CAUSAL_LM,
         num_virtual_tokens=num_virtual_tokens,
         token_dim=model.config.hidden_size,
+        num_transformer_submodules=1,
         prompt_tuning_init=PromptTuningInit.RANDOM,
         base_model_name_or_path=model_id,
         # Recorded for readers of the adapter; the weights were initialised from this sentence.

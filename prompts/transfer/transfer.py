@@ -17,7 +17,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from .common import Progress, PromptMismatchError, load_model, read_metadata, tokenizer_hash
+from .common import (
+    Progress,
+    PromptMismatchError,
+    load_model,
+    read_metadata,
+    setup_run,
+    tokenizer_hash,
+)
 from .config import TransferConfig
 from .data import encode_templated, label_token_ids, load_public, public_split
 from .prompt import init_from_text, last_logits, load_prompt, save_prompt
@@ -59,7 +66,7 @@ def run_transfer(
     cfg: TransferConfig, teacher=None, tok=None, model_id=None, student=None, quiet=False
 ):
     """Learn and save the teacher prompt; returns a summary (losses, agreement, seconds)."""
-    torch.manual_seed(cfg.seed)
+    setup_run(cfg)
     if student is None:
         student, s_tok, _ = load_model(cfg.student, cfg.cache_dir or None, cfg.device)
     else:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch.utils.data import DataLoader, TensorDataset
 
-from .common import Progress, load_model, read_metadata
+from .common import Progress, load_model, read_metadata, setup_run
 from .config import TuneConfig
 from .data import encode_templated, label_token_ids, load_task, split_task
 from .evaluate import accuracy
@@ -48,9 +48,9 @@ class PromptClassifier(torch.nn.Module):
 
 def run_tune(cfg: TuneConfig, model=None, tok=None, model_id: str | None = None, quiet=False):
     """Tune and save a prompt; returns a summary (accuracy, epsilon, seconds, folder)."""
-    from peft import get_peft_model
+    from peft.tuners.prompt_tuning import PromptEmbedding
 
-    torch.manual_seed(cfg.seed)
+    setup_run(cfg)
     if model is None:
         model, tok, model_id = load_model(cfg.model, cfg.cache_dir or None, cfg.device)
     device = model.get_input_embeddings().weight.device
@@ -62,8 +62,8 @@ def run_tune(cfg: TuneConfig, model=None, tok=None, model_id: str | None = None,
     labels = torch.tensor(train.labels)
 
     peft_cfg = prompt_tuning_config(model, cfg.prompt_length, cfg.init_text, model_id)
-    peft_model = get_peft_model(model, peft_cfg)
-    encoder = peft_model.prompt_encoder["default"]
+    # PEFT's prompt module on its own: the frozen LM is not wrapped, so it can be reused.
+    encoder = PromptEmbedding(peft_cfg, model.get_input_embeddings()).to(device)
     with torch.no_grad():
         encoder.embedding.weight.copy_(init_from_text(model, tok, cfg.init_text, cfg.prompt_length))
     clf = PromptClassifier(encoder, model, label_ids).to(device)
@@ -151,7 +151,4 @@ def run_tune(cfg: TuneConfig, model=None, tok=None, model_id: str | None = None,
         "config": vars(cfg),
     }
     save_prompt(Path(cfg.out), prompt, model, tok, model_id, meta)
-    meta = read_metadata(cfg.out)
-    # Leave the caller's model as it was (PEFT wraps but does not alter prompt-tuned models).
-    model.requires_grad_(False)
-    return meta, prompt
+    return read_metadata(cfg.out), prompt

@@ -30,7 +30,7 @@ from prompts.transfer.prompt import init_from_text, load_prompt, save_prompt
 from prompts.transfer.transfer import run_transfer
 from prompts.transfer.tune import run_tune
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # fastest on a shared 2-core machine
 
 CLASSES = {
     "gamma": "sun moon star sky",
