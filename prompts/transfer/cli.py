@@ -46,7 +46,7 @@ def run_step(name: str, cfg) -> dict:
         return run_transfer(cfg)[0]
     from .evaluate import run_evaluate
 
-    return run_evaluate(cfg, quiet=True)
+    return run_evaluate(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

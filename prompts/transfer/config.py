@@ -280,7 +280,7 @@ def config_from_dict(cls: type, values: dict[str, Any]):
         if val is None:
             clean[key] = None
         elif tp is bool:
-            clean[key] = val if isinstance(val, bool) else _coerce(key, val, _bool)
+            clean[key] = val if isinstance(val, bool) else _coerce(key, str(val), _bool)
         elif tp is str and isinstance(val, list):
             clean[key] = ",".join(str(v) for v in val)
         else:
@@ -289,11 +289,9 @@ def config_from_dict(cls: type, values: dict[str, Any]):
 
 
 def _coerce(key: str, val: Any, conv: Any) -> Any:
+    if isinstance(val, bool):  # YAML true/false where a number or text is expected
+        raise ConfigError(f"{key}: expected a number or text, got {val!r}")
     try:
-        return conv(val) if not isinstance(val, bool) or conv is _bool else _fail(key, val)
+        return conv(val)
     except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
         raise ConfigError(f"{key}: cannot read {val!r} ({err})") from err
-
-
-def _fail(key: str, val: Any) -> Any:
-    raise ConfigError(f"{key}: expected a number or text, got {val!r}")

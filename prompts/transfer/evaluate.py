@@ -7,7 +7,6 @@ template), with the prompts as saved at their final step.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -57,7 +56,7 @@ def accuracy(
 
 
 def run_evaluate(cfg: EvaluateConfig, teacher=None, tok=None, student=None, quiet=False):
-    """Evaluate side by side; returns the results dict (also printed and written to ``out``)."""
+    """Evaluate side by side; returns the results dict (also written to ``out``)."""
     setup_run(cfg)
     s_meta = read_metadata(cfg.student_prompt)
     task = cfg.task or s_meta["task"]
@@ -96,9 +95,7 @@ def run_evaluate(cfg: EvaluateConfig, teacher=None, tok=None, student=None, quie
     for folder in [p.strip() for p in cfg.teacher_prompt.split(",") if p.strip()]:
         t_prompt, _ = load_prompt(folder, teacher, tok)
         results[f"teacher_prompt_acc[{folder}]"] = acc(teacher, tok, t_prompt, Path(folder).name)
-    text = json.dumps(results, indent=2)
-    print(text, file=sys.stderr if quiet else sys.stdout)
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(text)
+        Path(cfg.out).write_text(json.dumps(results, indent=2))
     return results
