@@ -13,11 +13,19 @@ from pathlib import Path
 import pytest
 
 from deploy.credentials import generate
-from deploy.local_federation import LocalFederation, running_flower_processes
+from deploy.local_federation import LocalFederation, marked_processes
 
 REPO = Path(__file__).resolve().parents[2]
 SITES = ["site-0", "site-1", "site-2"]
 ROUNDS = 2
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "zombie" not in status
 
 
 def site_data(index: int) -> dict:
@@ -56,7 +64,6 @@ def run_config(workdir: Path, strategy: str, identities: Path) -> dict:
 @pytest.mark.slow
 def test_tls_authenticated_federation_runs_the_app(tmp_path):
     started = time.monotonic()
-    before = {pid for pid, _ in running_flower_processes()}
     creds = generate(tmp_path / "credentials", [*SITES, "rogue"], ["127.0.0.1"])
     strategy = strategy_under_test()
     fed = LocalFederation(tmp_path / "federation", tls_dir=creds.root, supernode_auth=True)
@@ -83,13 +90,17 @@ def test_tls_authenticated_federation_runs_the_app(tmp_path):
         assert result.ok, result.describe()
         online = {int(n["node-id"]) for n in fed.list_nodes() if n["status"] == "online"}
         assert online == {n.node_id for n in nodes}  # the rogue never joined
+        # Everything the federation runs now, found through the marker every process inherits
+        # (the SuperLink starts its SuperExec in a new session: process groups alone miss it).
+        seen = marked_processes(fed.marker)
+        assert sum("flower-superexec" in cmd for _, cmd in seen) == 1 + len(SITES), seen
 
     # Every process we started is gone, and nothing Flower started outlived it.
     assert fed.leftovers == [], fed.leftovers
     for proc in [fed.superlink, *(n.process for n in fed.supernodes)]:
         assert proc.popen.poll() is not None, proc.name
-    orphans = [(pid, cmd) for pid, cmd in running_flower_processes() if pid not in before]
-    assert orphans == []
+    alive = [(pid, cmd) for pid, cmd in seen if _alive(pid)]
+    assert alive == [], alive
 
     results_file = tmp_path / "outputs" / "deploy-test" / "results.json"
     assert results_file.is_file(), result.describe()
@@ -99,6 +110,9 @@ def test_tls_authenticated_federation_runs_the_app(tmp_path):
     for record in results["rounds"]:
         # Every site answered every round with a real accuracy.
         assert len(record["sites"]) == len(SITES), (record, result.describe())
+        # ... and trained (a failed train exchange leaves no training metrics).
+        assert "train-loss" in record["train_metrics"], (record, result.describe())
+        assert not math.isnan(record["train_metrics"]["train-loss"]), record
         assert 0.0 <= record["mean_accuracy"] <= 1.0 and not math.isnan(record["mean_accuracy"])
     # Each site kept its state in its own folder.
     for site in SITES:

@@ -137,3 +137,33 @@ def test_superlink_restart_keeps_registrations_and_unregister_removes_a_site(tmp
     assert fed.leftovers == []
     (results,) = (fed.superlink_dir / "outputs").glob("run-*/results.json")
     assert json.loads(results.read_text())["nodes"] == 1
+
+
+@pytest.mark.slow
+def test_simulation_mode(tmp_path):
+    """`--simulation` SuperLink: the run brings its own virtual SuperNodes (Ray)."""
+    fed = LocalFederation(
+        tmp_path / "fed",
+        simulation=True,
+        simulation_options={"num-supernodes": 3},
+    )
+    with fed:
+        assert "num-supernodes = 3" in (fed.flwr_home / "config.toml").read_text()
+        with pytest.raises(FederationError):
+            fed.add_supernode("a")
+        result = fed.run(ECHO_APP, {"num-server-rounds": 1}, timeout=240)
+        assert result.ok, result.describe() + fed.logs()
+        # --federation-config overrides the connection's options per run.
+        result = fed.run(
+            ECHO_APP,
+            {"num-server-rounds": 1},
+            federation_config={"num-supernodes": 2},
+            timeout=240,
+        )
+        assert result.ok, result.describe() + fed.logs()
+    assert fed.leftovers == []
+    nodes = sorted(
+        json.loads(p.read_text())["nodes"]
+        for p in (fed.superlink_dir / "outputs").glob("run-*/results.json")
+    )
+    assert nodes == [2, 3]
