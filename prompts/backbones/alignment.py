@@ -40,7 +40,7 @@ TEMPLATES = (
     "a low resolution photo of a {}.",
     "a drawing of a {}.",
 )
-MAX_SYNONYMS = 2
+MAX_SYNONYMS = 1
 LAMBDAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 N_FOLDS = 5
 FIT_COUNT = 0  # incremented on every real fit; tests use it to check cache hits
@@ -67,7 +67,7 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def cache_key(backbone) -> str:
+def cache_key(backbone=None) -> str:
     """Hash of every input of the fit: class list, templates, settings and both towers' weights."""
     from .two_tower import ALIGNMENT_VERSION, efficientnet_weights_path, minilm_path
 
@@ -192,9 +192,14 @@ def _atomic_save(obj: dict, path: Path) -> None:
             os.unlink(tmp)
 
 
+def cache_path(cache_dir: str | Path) -> Path:
+    """Where the alignment for the installed towers and current settings is cached."""
+    return Path(cache_dir) / f"two-tower-alignment-{cache_key()}.pt"
+
+
 def load_or_fit(backbone, cache_dir: Path) -> dict:
     """Load the cached alignment for ``backbone`` or fit it and cache it atomically."""
-    path = Path(cache_dir) / f"two-tower-alignment-{cache_key(backbone)}.pt"
+    path = cache_path(cache_dir)
     if path.exists():
         try:
             fit_ = torch.load(path, map_location="cpu", weights_only=True)

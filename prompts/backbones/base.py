@@ -8,6 +8,7 @@ embeddings can be replaced by learnable context vectors (CoOp layout
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +153,20 @@ class PromptableBackbone(torch.nn.Module, abc.ABC):
             return emb[emb.shape[0] - n_ctx :].clone()
         pad = pad_row.unsqueeze(0).expand(n_ctx - emb.shape[0], -1)
         return torch.cat([pad, emb], dim=0).clone()
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' weight-loading progress bar for the duration, then restore it."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def load_backbone(

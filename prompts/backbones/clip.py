@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from .base import PromptableBackbone, TextInputs
+from .base import PromptableBackbone, TextInputs, quiet_transformers
 
 PLACEHOLDER = "X"
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -28,12 +28,14 @@ _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def _from_pretrained(cls, source: str, **kwargs):
     """Load from a local path or the local Hugging Face cache first; hub only as a fallback."""
-    if Path(source).expanduser().exists():
-        return cls.from_pretrained(str(Path(source).expanduser()), local_files_only=True, **kwargs)
-    try:
-        return cls.from_pretrained(source, local_files_only=True, **kwargs)
-    except OSError:
-        return cls.from_pretrained(source, **kwargs)
+    with quiet_transformers():
+        if Path(source).expanduser().exists():
+            path = str(Path(source).expanduser())
+            return cls.from_pretrained(path, local_files_only=True, **kwargs)
+        try:
+            return cls.from_pretrained(source, local_files_only=True, **kwargs)
+        except OSError:
+            return cls.from_pretrained(source, **kwargs)
 
 
 class ClipBackbone(PromptableBackbone):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from . import alignment
-from .base import PromptableBackbone, TextInputs
+from .base import PromptableBackbone, TextInputs, quiet_transformers
 
 # EfficientNet-Lite was trained (TF reference) with inputs (x*255 - 127) / 128.
 _IMG_MEAN = 127.0 / 255.0
@@ -68,8 +68,9 @@ def load_text_tower() -> tuple[torch.nn.Module, object]:
     from transformers import AutoModel, AutoTokenizer
 
     path = minilm_path()
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True)
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, local_files_only=True)
     return model.eval(), tokenizer
 
 

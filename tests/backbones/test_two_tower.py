@@ -1,14 +1,25 @@
 """Two-tower backbone: shapes, normalisation, gradients, alignment cache, fitted-map property."""
 
+import shutil
+
 import pytest
 import torch
 
-from prompts.backbones import PromptableBackbone, alignment, load_backbone
+from prompts.backbones import PromptableBackbone, alignment, default_cache_dir, load_backbone
 
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("backbone-cache")
+    """A private cache folder, seeded from the user's cache when it holds the same fit.
+
+    The fit takes about 30 s on 2 cores; seeding keeps the suite fast on a machine that has
+    already fitted it, and a fresh machine (CI) still runs the real fit here once.
+    """
+    path = tmp_path_factory.mktemp("backbone-cache")
+    existing = alignment.cache_path(default_cache_dir())
+    if existing.exists():
+        shutil.copy2(existing, alignment.cache_path(path))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +77,17 @@ def test_encode_text_gradients_reach_ctx_only(bb):
     assert all(p.grad is None for p in bb.parameters())
     # a shared (n_ctx, ctx_dim) context broadcasts over the classes
     assert bb.encode_text(ctx[0].detach(), text).shape == (3, bb.feature_dim)
+
+
+def test_autocast_bfloat16_cpu(bb):
+    text = bb.tokenize(["cat", "dog"], n_ctx=4)
+    ctx = bb.phrase_embedding("a photo of a", 4).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        t = bb.encode_text(ctx, text)
+        f = bb.encode_images(torch.rand(2, 3, 8, 8))
+    assert torch.isfinite(t).all() and f.dtype == torch.float32
+    t.float().sum().backward()
+    assert ctx.grad is not None and torch.isfinite(ctx.grad).all()
 
 
 def test_alignment_cache_hit(bb, cache_dir):
