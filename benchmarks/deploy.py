@@ -55,6 +55,16 @@ def _available_strategies(app_dir: Path) -> set[str]:
         sys.path.remove(str(app_dir))
 
 
+def _schema_has_site_identities(app_dir: Path) -> bool:
+    sys.path.insert(0, str(app_dir))
+    try:
+        from client_app.site_config import SiteConfig
+
+        return "site_identities" in SiteConfig.__dataclass_fields__
+    finally:
+        sys.path.remove(str(app_dir))
+
+
 def site_data(index: int, num_sites: int, max_images: int) -> dict:
     """Embedded digits, one domain per site (at most four)."""
     return {
@@ -87,7 +97,10 @@ def measure(args: argparse.Namespace) -> dict:
         with LocalFederation(work / "federation", tls_dir=creds.root, supernode_auth=True) as fed:
             for i, site in enumerate(sites):
                 fed.add_site(
-                    site, site_data(i, args.sites, args.max_images), credentials=creds.root
+                    site,
+                    site_data(i, args.sites, args.max_images),
+                    credentials=creds.root,
+                    site_identities=_schema_has_site_identities(app_dir),
                 )
             out["startup_seconds"] = round(time.monotonic() - started, 2)
             log = fed.superlink.log_path

@@ -536,12 +536,14 @@ class LocalFederation:
         device: str = "cpu",
         seed: int = 0,
         register: bool = True,
+        site_identities: bool = False,
     ) -> SuperNode:
         """Write a site YAML under ``workdir/sites/<site_id>`` and start its SuperNode.
 
         The site's state directory is ``workdir/sites/<site_id>/state``; with ``credentials``
         (a ``deploy.credentials`` folder) the site uses ``<credentials>/<site_id>/identity.key``
-        as identity and ``auth.key`` for SuperNode authentication.
+        as identity and ``auth.key`` for SuperNode authentication, and with ``site_identities``
+        also ``<credentials>/site-identities.yaml`` (site YAML key ``site-identities``).
         """
         site_dir = self.workdir / "sites" / site_id
         creds = Path(credentials).resolve() if credentials else None
@@ -550,6 +552,7 @@ class LocalFederation:
             site_id,
             state_dir=site_dir / "state",
             identity_key=creds / site_id / "identity.key" if creds else None,
+            site_identities=creds / "site-identities.yaml" if creds and site_identities else None,
             data=data,
             device=device,
             seed=seed,
@@ -709,6 +712,7 @@ def write_site_yaml(
     *,
     state_dir: Path | str,
     identity_key: Path | str | None = None,
+    site_identities: Path | str | None = None,
     data: Mapping[str, Any] | None = None,
     device: str = "cpu",
     seed: int = 0,
@@ -727,6 +731,8 @@ def write_site_yaml(
     }
     if identity_key is not None:
         doc["identity-key"] = str(Path(identity_key).resolve())
+    if site_identities is not None:
+        doc["site-identities"] = str(Path(site_identities).resolve())
     if data:
         doc["data"] = dict(data)
     path = Path(path)

@@ -39,6 +39,13 @@ def site_data(index: int) -> dict:
     }
 
 
+def schema_has_site_identities() -> bool:
+    """Whether the site YAML schema has the ``site-identities`` key (added with SecFPP)."""
+    from client_app.site_config import SiteConfig
+
+    return "site_identities" in SiteConfig.__dataclass_fields__
+
+
 def strategy_under_test() -> str:
     """``secfpp`` once the registry has it, the ``promptfl`` baseline before."""
     from strategies.registry import STRATEGIES
@@ -69,7 +76,13 @@ def test_tls_authenticated_federation_runs_the_app(tmp_path):
     fed = LocalFederation(tmp_path / "federation", tls_dir=creds.root, supernode_auth=True)
     with fed:
         nodes = [
-            fed.add_site(site, site_data(i), credentials=creds.root) for i, site in enumerate(SITES)
+            fed.add_site(
+                site,
+                site_data(i),
+                credentials=creds.root,
+                site_identities=schema_has_site_identities(),
+            )
+            for i, site in enumerate(SITES)
         ]
         registered = {int(n["node-id"]) for n in fed.list_nodes() if n["status"] == "online"}
         assert registered == {n.node_id for n in nodes}
