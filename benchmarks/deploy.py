@@ -89,6 +89,8 @@ def measure(args: argparse.Namespace) -> dict:
         "machine": platform.machine(),
         "tls": True,
         "supernode_auth": True,
+        "secure_k": args.secure_k,
+        "secure_t": args.secure_t,
     }
     with tempfile.TemporaryDirectory(prefix="secfpp-bench-deploy-") as tmp:
         work = Path(tmp)
@@ -121,6 +123,8 @@ def measure(args: argparse.Namespace) -> dict:
                 }
                 if strategy == "secfpp":
                     config["site-identities"] = str(creds.identities)
+                    config["secure-k"] = args.secure_k
+                    config["secure-t"] = args.secure_t
                 before = _replies(log)
                 result = fed.run(app_dir, config, timeout=args.timeout)
                 if not result.ok:
@@ -153,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-images", type=int, default=120, help="images per site")
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--strategies", default="promptfl,secfpp")
+    parser.add_argument("--secure-k", type=int, default=1, help="SecFPP data slices K")
+    parser.add_argument(
+        "--secure-t",
+        type=int,
+        default=1,
+        help="SecFPP colluders T (degree-2 decoding needs 2(K+T-1)+1 <= sites)",
+    )
     parser.add_argument("--app", default=str(REPO), help="the Flower app folder (`flwr run`)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
     args = parser.parse_args(argv)

@@ -65,6 +65,9 @@ def run_config(workdir: Path, strategy: str, identities: Path) -> dict:
     }
     if strategy == "secfpp":
         config["site-identities"] = str(identities)
+        # Three sites: K=1 slice, T=1 colluder, so a degree-2 result decodes from 2(K+T-1)+1 = 3.
+        config["secure-k"] = 1
+        config["secure-t"] = 1
     return config
 
 
