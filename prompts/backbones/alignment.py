@@ -3,7 +3,7 @@
 The alignment is fitted once, with no labelled data of any target task, as a ridge regression:
 
 * inputs: MiniLM sentence embeddings of the 1,000 ImageNet-1k class names (WordNet lemmas,
-  ``imagenet_classes.tsv``), each put into several prompt templates ("a photo of a {}.", ...);
+  ``imagenet_classes.txt``), each put into several prompt templates ("a photo of a {}.", ...);
   every (template, name) sentence is one training row, so the map is fitted for the prompt
   distribution it will see, not for one fixed prompt;
 * targets: the image tower's own ImageNet classifier rows (the 1280-d weight vector of each
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-CLASSES_FILE = Path(__file__).with_name("imagenet_classes.tsv")
+CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
 
 TEMPLATES = (
     "a photo of a {}.",
