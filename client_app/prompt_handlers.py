@@ -1,8 +1,10 @@
-"""The SecFPP ClientApp: train and evaluate a site's hierarchical prompt.
+"""Train and evaluate handlers: everything that needs torch.
 
-What a reply may carry is fixed here and nowhere else: training metrics, the example count,
-the site id, and (when the strategy shares it) the domain-level prompt ``P_G``. The
-class-level prompt ``P_L`` stays in ``context.state`` and the site's state directory.
+What a reply may carry is fixed here and in :mod:`client_app.secure_handlers`, nowhere else:
+training metrics, the example count, the site id, and either the domain-level prompt ``P_G``
+(baselines that share it), sealed secret shares (``secfpp``), or the clipped update and reduced
+prompt in plaintext (``clustered``, the ablation twin). The class-level prompt ``P_L`` stays in
+``context.state`` and the site's state directory.
 """
 
 from __future__ import annotations
@@ -11,20 +13,23 @@ import logging
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 
 from prompts.learner import MODES, HierarchicalPrompt
 from prompts.training import TrainConfig, evaluate_prompt, train_prompt
 
 from .local_store import LocalPromptStore, StoredPrompt
-from .runtime import ClientSettings, SiteRuntime, site_config_from_context, site_runtime
+from .runtime import SiteRuntime, site_runtime
+from .settings import ClientSettings, site_config_from_context
 
 log = logging.getLogger("secfpp.client")
 
-app = ClientApp()
-
 GLOBAL_KEY = "global-ctx"
-EVAL_MODES = (*MODES, "zeroshot")
+OFFSET_KEY = "global-offset"
+#: Clustered modes train like ``hierarchical`` but share differently: ``secfpp`` seals secret
+#: shares of the update and of z_i; ``clustered`` (the ablation twin) sends them in the clear.
+CLUSTER_MODES = ("secfpp", "clustered")
+TRAIN_MODES = (*MODES, *CLUSTER_MODES)
+EVAL_MODES = (*TRAIN_MODES, "zeroshot")
 _STATE_ARRAYS = "private-prompt"
 _STATE_META = "private-prompt-meta"
 
@@ -48,11 +53,27 @@ def _mode(config: ConfigRecord, allowed: tuple[str, ...]) -> str:
     return mode
 
 
-def _received_global(message: Message) -> torch.Tensor | None:
+def _received_global(message: Message, runtime: SiteRuntime) -> torch.Tensor | None:
+    """The ``P_G`` the server sent: in full (baselines) or as an offset from the initial one.
+
+    SecFPP's server holds cluster prompts as offsets from the public initial prompt, which
+    depends on the backbone and is computed by the sites only.
+    """
     records = message.content.array_records
-    if "arrays" not in records or GLOBAL_KEY not in records["arrays"]:
+    if "arrays" not in records:
         return None
-    return torch.from_numpy(records["arrays"][GLOBAL_KEY].numpy().copy())
+    arrays = records["arrays"]
+    if GLOBAL_KEY in arrays:
+        return torch.from_numpy(arrays[GLOBAL_KEY].numpy().copy())
+    if OFFSET_KEY in arrays:
+        offset = torch.from_numpy(arrays[OFFSET_KEY].numpy().astype("float32"))
+        if offset.numel() != runtime.global_init.numel():
+            raise ValueError(
+                f"'{OFFSET_KEY}' has {offset.numel()} values, this site's prompt has "
+                f"{runtime.global_init.numel()} (another backbone or n-ctx?)"
+            )
+        return runtime.global_init + offset.reshape(runtime.global_init.shape)
+    return None
 
 
 def _restore_private(
@@ -97,7 +118,7 @@ def _assemble_prompt(
     runtime: SiteRuntime, mode: str, received: torch.Tensor | None, stored: StoredPrompt | None
 ) -> HierarchicalPrompt:
     prompt = runtime.new_prompt()
-    if mode in ("hierarchical", "local") and stored is not None:
+    if mode in ("hierarchical", "local", *CLUSTER_MODES) and stored is not None:
         prompt.load_parts(local_ctx=stored.local_ctx)
     if mode == "local":
         if stored is not None and stored.global_ctx is not None:
@@ -107,16 +128,34 @@ def _assemble_prompt(
     return prompt
 
 
-@app.train()
 def train(message: Message, context: Context) -> Message:
     """Train ``P_G`` (a copy) and ``P_L`` locally; reply with ``P_G`` only when it is shared."""
     runtime, settings = _runtime(context)
     config = _config(message)
-    mode = _mode(config, MODES)
+    mode = _mode(config, TRAIN_MODES)
     server_round = int(config["server-round"])
     stored = _restore_private(context, runtime, settings.run_name, server_round - 1)
-    prompt = _assemble_prompt(runtime, mode, _received_global(message), stored)
+    received = _received_global(message, runtime)
+    prompt = _assemble_prompt(runtime, mode, received, stored)
     use_local = mode != "global"
+    metrics: dict[str, float | int] = {}
+    if mode in CLUSTER_MODES:
+        # Evaluation rides on the train message: the prompt as the last round left it.
+        pre_loss, pre_acc = evaluate_prompt(
+            runtime.backbone,
+            prompt,
+            runtime.text_inputs,
+            runtime.test_features,
+            runtime.test_labels,
+        )
+        metrics.update(
+            {
+                "pre-accuracy": pre_acc,
+                "pre-loss": pre_loss,
+                "test-examples": int(runtime.test_labels.numel()),
+            }
+        )
+        base_global = prompt.global_ctx.detach().clone()
     result = train_prompt(
         runtime.backbone,
         prompt,
@@ -152,27 +191,60 @@ def train(message: Message, context: Context) -> Message:
         result.num_examples,
         result.seconds,
     )
-    content = RecordDict(
+    metrics.update(
         {
-            "metrics": MetricRecord(
-                {
-                    "num-examples": result.num_examples,
-                    "train-loss": result.loss,
-                    "train-accuracy": result.accuracy,
-                    "train-seconds": result.seconds,
-                }
-            ),
-            "site": ConfigRecord({"site-id": runtime.config.site_id}),
+            "num-examples": result.num_examples,
+            "train-loss": result.loss,
+            "train-accuracy": result.accuracy,
+            "train-seconds": result.seconds,
         }
     )
-    if mode != "local":
+    content = RecordDict(
+        {"site": ConfigRecord({"site-id": runtime.config.site_id, "domain": runtime.data.domain})}
+    )
+    if mode in CLUSTER_MODES:
+        _attach_cluster_payload(
+            content, metrics, context, config, mode, runtime, prompt, base_global
+        )
+    elif mode != "local":
         content["arrays"] = ArrayRecord(
             {GLOBAL_KEY: Array(prompt.global_ctx.detach().cpu().numpy())}
         )
+    content["metrics"] = MetricRecord(metrics)
     return Message(content, reply_to=message)
 
 
-@app.evaluate()
+def _attach_cluster_payload(
+    content: RecordDict,
+    metrics: dict,
+    context: Context,
+    config: ConfigRecord,
+    mode: str,
+    runtime: SiteRuntime,
+    prompt: HierarchicalPrompt,
+    base_global: torch.Tensor,
+) -> None:
+    """Add the round's update and reduced prompt: sealed shares, or plaintext for the twin."""
+    from strategies.secure.protocol import ProtocolConfig, clip, reduce_prompt
+
+    protocol = ProtocolConfig.from_config(config)
+    update = (prompt.global_ctx.detach() - base_global).cpu().double().numpy()
+    metrics["update-dim"] = int(update.size)
+    offset = prompt.personalized() - runtime.global_init.to(runtime.device).unsqueeze(0)
+    z = reduce_prompt(offset.cpu().double().numpy(), protocol)
+    if mode == "secfpp":
+        from .secure_handlers import seal_shares
+
+        sealed, stats = seal_shares(context, config, update, z)
+        content["shares"] = sealed
+        metrics.update(stats)
+    else:
+        update, clipped_u = clip(update.ravel(), protocol.update_bound)
+        z, clipped_z = clip(z, protocol.z_bound)
+        content["plain"] = ArrayRecord({"update": Array(update), "z": Array(z)})
+        metrics.update({"clipped-update": clipped_u, "clipped-z": clipped_z, "crypto-seconds": 0.0})
+
+
 def evaluate(message: Message, context: Context) -> Message:
     """Accuracy of the site's personalized prompt on its held-out images."""
     runtime, settings = _runtime(context)
@@ -180,14 +252,14 @@ def evaluate(message: Message, context: Context) -> Message:
     mode = _mode(config, EVAL_MODES)
     server_round = int(config["server-round"])
     stored = _restore_private(context, runtime, settings.run_name, server_round)
-    prompt = _assemble_prompt(runtime, mode, _received_global(message), stored)
+    prompt = _assemble_prompt(runtime, mode, _received_global(message, runtime), stored)
     loss, accuracy = evaluate_prompt(
         runtime.backbone,
         prompt,
         runtime.text_inputs,
         runtime.test_features,
         runtime.test_labels,
-        use_local=mode in ("hierarchical", "local"),
+        use_local=mode in ("hierarchical", "local", *CLUSTER_MODES),
     )
     return Message(
         RecordDict(

@@ -101,7 +101,12 @@ class SiteConfig:
     seed : int
         Seed of the site's data split and local training.
     identity_key : str
-        Path to the site's long-term Ed25519 private key (needed by ``secfpp``).
+        Path to the site's long-term Ed25519 private key (``secfpp``). Empty: a key is made
+        once and kept in the state directory (simulation; the server then trusts it on first use).
+    site_identities : str
+        Path to the federation's ``site-identities.yaml`` (site id to Ed25519 public key). When
+        set, the site checks every peer's signed key against it instead of trusting the
+        identities the server relays.
     source : str
         Where this configuration was read from (for error messages).
     """
@@ -112,6 +117,7 @@ class SiteConfig:
     device: str = "auto"
     seed: int = 0
     identity_key: str = ""
+    site_identities: str = ""
     source: str = "<memory>"
 
     def __post_init__(self) -> None:
@@ -123,7 +129,7 @@ class SiteConfig:
         return Path(self.state_dir).expanduser()
 
 
-_TOP_KEYS = {"site-id", "data", "state-dir", "device", "seed", "identity-key"}
+_TOP_KEYS = {"site-id", "data", "state-dir", "device", "seed", "identity-key", "site-identities"}
 _DATA_KEYS = {f.name.replace("_", "-") for f in fields(DataConfig)}
 
 
@@ -268,6 +274,7 @@ def parse_site_config(
         device=_expect_type(source, "device", raw.get("device", "auto"), str, "a device string"),
         seed=_expect_type(source, "seed", raw.get("seed", 0), int, "an integer"),
         identity_key=path_value("identity-key"),
+        site_identities=path_value("site-identities"),
         source=source,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from logging import INFO
@@ -46,13 +47,26 @@ def run_server(grid: Grid, run_config: dict, echo=None) -> tuple[ResultsWriter, 
         header={"strategy": settings.strategy, "run_config": dict(run_config)},
         echo=echo or (lambda line: flwr_log(INFO, "%s", line)),
     )
-    strategy = strategy_class(settings.strategy)(
-        training=settings.training,
-        min_sites=settings.min_sites,
-        fraction_train=settings.fraction_train,
-        on_round_end=writer.on_round,
+    checkpoint = writer.folder / "checkpoint.json"
+    strategy = strategy_class(settings.strategy).from_settings(
+        settings, on_round_end=writer.on_round, checkpoint_path=checkpoint
     )
     rounds = 1 if settings.strategy == "zeroshot" else settings.num_server_rounds
+    if settings.resume:
+        if not hasattr(strategy, "load_state_dict"):
+            raise ValueError(
+                f"run config 'resume': strategy {settings.strategy!r} keeps no checkpoint"
+            )
+        if not checkpoint.is_file():
+            raise ValueError(f"run config 'resume': no checkpoint at {checkpoint}")
+        done = strategy.load_state_dict(json.loads(checkpoint.read_text()))
+        writer.resume_from(done)
+        rounds -= done
+        if rounds <= 0:
+            writer.echo(f"resume: all {settings.num_server_rounds} rounds were already done")
+            writer.finish()
+            return writer, Result()
+        writer.echo(f"resume: continuing after round {done} of {settings.num_server_rounds}")
     result = strategy.start(grid, ArrayRecord(), num_rounds=rounds, timeout=settings.round_timeout)
     writer.finish()
     return writer, result

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from strategies.base import RoundRecord
+from strategies.results_io import write_json_atomic
 
 log = logging.getLogger("secfpp.server")
 
@@ -21,19 +19,6 @@ _COLUMNS = (
     ("train loss", 10),
     ("seconds", 7),
 )
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON so a reader (or a crash) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ResultsWriter:
@@ -53,6 +38,7 @@ class ResultsWriter:
         self.folder = Path(folder).expanduser()
         self.header = header
         self.records: list[RoundRecord] = []
+        self.kept_rounds: list[dict] = []
         self.echo = echo or (lambda line: log.info("%s", line))
 
     @property
@@ -64,6 +50,17 @@ class ResultsWriter:
     def plot_path(self) -> Path:
         """The PNG plot."""
         return self.folder / "accuracy.png"
+
+    def resume_from(self, completed_round: int) -> None:
+        """Keep the rows of rounds up to ``completed_round`` from the previous results file."""
+        if not self.results_path.is_file():
+            return
+        import json
+
+        previous = json.loads(self.results_path.read_text())
+        self.kept_rounds = [
+            r for r in previous.get("rounds", []) if r["server_round"] <= completed_round
+        ]
 
     def on_round(self, record: RoundRecord) -> None:
         """Print the round's row and rewrite the JSON file."""
@@ -87,7 +84,7 @@ class ResultsWriter:
         final = self.records[-1] if self.records else None
         return {
             **self.header,
-            "rounds": [r.to_json() for r in self.records],
+            "rounds": self.kept_rounds + [r.to_json() for r in self.records],
             "final_mean_accuracy": final.mean_accuracy if final else None,
             "final_worst_accuracy": final.worst_accuracy if final else None,
         }

@@ -32,6 +32,20 @@ class ServerSettings:
         Name of the run: results go to ``<output-dir>/<run-name>/``.
     output_dir : str
         Folder that receives one sub-folder of results per run.
+    resume : bool
+        Continue from the checkpoint of ``run-name`` (``secfpp`` and ``clustered``).
+    secure_k, secure_t : int
+        LCC data slices and colluding parties tolerated.
+    update_scale_bits, update_bound : int, float
+        Quantization of the ``P_G`` update.
+    z_dim, z_scale_bits, z_bound : int, int, float
+        Dimension and quantization of the reduced personalized prompt.
+    max_clusters, min_cluster_size : int
+        Bounds of the adaptive clustering.
+    split_ratio, merge_ratio : float
+        Split and merge thresholds of the adaptive clustering.
+    site_identities : str
+        ``site-identities.yaml`` of the federation (empty: trust on first use, simulation only).
     """
 
     strategy: str = "hierarchical"
@@ -45,6 +59,19 @@ class ServerSettings:
     seed: int = 0
     run_name: str = "secfpp"
     output_dir: str = "outputs"
+    resume: bool = False
+    secure_k: int = 1
+    secure_t: int = 2
+    update_scale_bits: int = 24
+    update_bound: float = 1.0
+    z_dim: int = 32
+    z_scale_bits: int = 16
+    z_bound: float = 8.0
+    max_clusters: int = 4
+    min_cluster_size: int = 3
+    split_ratio: float = 2.0
+    merge_ratio: float = 0.5
+    site_identities: str = ""
 
     def __post_init__(self) -> None:
         if self.num_server_rounds < 1:

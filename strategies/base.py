@@ -8,6 +8,7 @@ own held-out data, and keep one :class:`RoundRecord` per round for the results f
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -152,6 +153,16 @@ class PromptStrategy(FedAvg):
         self._current: RoundRecord | None = None
         self._round_start = 0.0
 
+    @classmethod
+    def from_settings(cls, settings, on_round_end=None, checkpoint_path=None) -> PromptStrategy:
+        """Build the strategy from the ServerApp's settings (``server_app.settings``)."""
+        return cls(
+            training=settings.training,
+            min_sites=settings.min_sites,
+            fraction_train=settings.fraction_train,
+            on_round_end=on_round_end,
+        )
+
     def summary(self) -> None:
         """Log the strategy's settings."""
         log.info("%s: mode=%s, %s", type(self).__name__, self.mode, self.training)
@@ -215,7 +226,7 @@ class PromptStrategy(FedAvg):
                     num_examples=int(metrics["num-examples"]),
                 )
             )
-        record.sites.sort(key=lambda s: _natural_key(s.site_id))
+        record.sites.sort(key=lambda s: natural_key(s.site_id))
         record.seconds = time.perf_counter() - self._round_start
         self.records.append(record)
         self._current = None
@@ -224,8 +235,6 @@ class PromptStrategy(FedAvg):
         return super().aggregate_evaluate(server_round, replies)
 
 
-def _natural_key(text: str) -> tuple:
-    # "site-10" sorts after "site-9".
-    import re
-
+def natural_key(text: str) -> tuple:
+    """Sort key under which ``site-10`` comes after ``site-9``."""
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))

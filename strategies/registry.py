@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from .base import PromptStrategy
 from .baselines import Hierarchical, LocalOnly, PromptFL, ZeroShot
+from .secfpp import Clustered, SecFPP
 
 STRATEGIES: dict[str, type[PromptStrategy]] = {
     "zeroshot": ZeroShot,
     "local": LocalOnly,
     "promptfl": PromptFL,
     "hierarchical": Hierarchical,
+    "secfpp": SecFPP,
+    "clustered": Clustered,
 }
 
 

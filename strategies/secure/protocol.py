@@ -1,0 +1,355 @@
+"""The SecPC round in pure functions, shared by the ClientApp and the SecFPP strategy.
+
+One round, as in ``DESIGN.md``: after local training a site quantizes its ``P_G`` update and
+its reduced personalized prompt ``z_i``, LCC-shares both (plus blinding shares for the
+degree-2 answers) and seals one plaintext per participant (exchange 1). Each participant opens
+what the server relays to it, and returns the coded cluster sums and coded scaled distances
+(exchange 2). The server decodes sums and distances from any large-enough set of answers.
+
+Nothing here imports flwr or torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .errors import MalformedMessageError
+from .lcc import blinding_shares, coded_scaled_distances, coded_sum, decode, share
+from .params import SecureParams, check_no_wraparound, dequantize, quantize
+from .serialize import pack_field_arrays, unpack_field_arrays
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """Parameters of the SecPC protocol, chosen by the server and sent to every site.
+
+    Attributes
+    ----------
+    k : int
+        LCC data slices. ``1`` is recommended: with ``k > 1`` the server also learns per-slice
+        partial distances (see ``strategies/secure/README.md``).
+    t : int
+        Colluding participants tolerated: any ``t`` shares of a secret reveal nothing.
+    update_scale_bits : int
+        Quantization scale of the ``P_G`` update (error per value at most ``2**-(bits+1)``).
+    update_bound : float
+        Update values are clipped to ``[-update_bound, update_bound]`` before quantizing.
+    z_dim : int
+        Dimension of the reduced personalized prompt ``z_i``.
+    z_scale_bits : int
+        Quantization scale of ``z_i``.
+    z_bound : float
+        ``z_i`` values are clipped to ``[-z_bound, z_bound]``.
+    projection_seed : int
+        Public seed of the projection ``R``; every site derives the same matrix.
+    """
+
+    k: int = 1
+    t: int = 2
+    update_scale_bits: int = 24
+    update_bound: float = 1.0
+    z_dim: int = 32
+    z_scale_bits: int = 16
+    z_bound: float = 8.0
+    projection_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.z_dim < 1:
+            raise ValueError(f"z_dim: expected an integer >= 1, got {self.z_dim}")
+        # SecureParams validates k, t, scales and bounds with field-named errors.
+        self.update_params  # noqa: B018
+        self.z_params  # noqa: B018
+
+    @property
+    def update_params(self) -> SecureParams:
+        """Field parameters of the linear (cluster-sum) computation."""
+        return SecureParams(
+            k=self.k, t=self.t, scale_bits=self.update_scale_bits, value_bound=self.update_bound
+        )
+
+    @property
+    def z_params(self) -> SecureParams:
+        """Field parameters of the degree-2 (distance) computation."""
+        return SecureParams(
+            k=self.k, t=self.t, scale_bits=self.z_scale_bits, value_bound=self.z_bound
+        )
+
+    def check(self, n_sites: int, update_dim: int) -> None:
+        """Refuse settings that cannot decode or could wrap around, naming what to change.
+
+        Raises
+        ------
+        ValueError
+            If ``n_sites`` is below the degree-2 threshold ``2(k+t-1)+1``.
+        WrapAroundError
+            If a sum or distance could exceed the field.
+        """
+        need = self.z_params.quadratic_threshold
+        if n_sites < need:
+            raise ValueError(
+                f"secure-k={self.k}, secure-t={self.t} need at least {need} sites per round for "
+                f"the distance step, but only {n_sites} are sampled: lower secure-t or secure-k, "
+                "or add sites"
+            )
+        check_no_wraparound(update_dim, n_sites, 1, self.update_params)
+        check_no_wraparound(self.z_dim, n_sites, 2, self.z_params)
+
+    def to_config(self) -> dict[str, int | float]:
+        """Flat ``secure-*`` keys for a Flower ConfigRecord."""
+        return {f"secure-{k.replace('_', '-')}": v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> ProtocolConfig:
+        """Inverse of :meth:`to_config` (missing keys take the defaults)."""
+        kwargs = {}
+        for name, default in asdict(cls()).items():
+            key = f"secure-{name.replace('_', '-')}"
+            if key in config:
+                kwargs[name] = type(default)(config[key])
+        return cls(**kwargs)
+
+
+@lru_cache(maxsize=8)
+def projection_matrix(seed: int, dim_in: int, dim_out: int) -> np.ndarray:
+    """The public random projection ``R`` (``dim_out x dim_in``), identical on every site.
+
+    Gaussian entries with variance ``1/dim_out`` keep squared distances unbiased
+    (Johnson-Lindenstrauss), so distances between reduced vectors track distances between
+    the full personalized prompts.
+    """
+    rng = np.random.default_rng([seed, dim_in, dim_out])
+    matrix = rng.standard_normal((dim_out, dim_in)) / np.sqrt(dim_out)
+    matrix.setflags(write=False)
+    return matrix
+
+
+def reduce_prompt(personalized_minus_init: np.ndarray, config: ProtocolConfig) -> np.ndarray:
+    """``z_i = R vec(P_i - P_init)``, the reduced personalized prompt.
+
+    Subtracting the public initial prompt changes no distance but keeps the values small, so
+    they quantize finely within ``z_bound``.
+    """
+    flat = np.asarray(personalized_minus_init, dtype=np.float64).ravel()
+    return projection_matrix(config.projection_seed, flat.size, config.z_dim) @ flat
+
+
+def clip(values: np.ndarray, bound: float) -> tuple[np.ndarray, int]:
+    """Clip to ``[-bound, bound]``; also return how many values were clipped."""
+    values = np.asarray(values, dtype=np.float64)
+    clipped = int(np.count_nonzero(np.abs(values) > bound))
+    return np.clip(values, -bound, bound), clipped
+
+
+def share_round(
+    update: np.ndarray,
+    z: np.ndarray,
+    n_participants: int,
+    n_dist_groups: int,
+    config: ProtocolConfig,
+) -> tuple[list[bytes], dict[str, int]]:
+    """Exchange 1 on a site: one plaintext per participant (to be sealed for it).
+
+    Parameters
+    ----------
+    update : np.ndarray
+        The site's ``P_G`` update (any shape; flattened).
+    z : np.ndarray
+        The site's reduced personalized prompt, shape ``(z_dim,)``.
+    n_participants : int
+        Sampled sites of the round (participant ``j`` gets plaintext ``j``).
+    n_dist_groups : int
+        Groups the distances are measured against (fixes the blinding shape).
+    config : ProtocolConfig
+        Protocol parameters from the server.
+
+    Returns
+    -------
+    tuple
+        ``(plaintexts, stats)`` where ``stats`` counts clipped values.
+    """
+    update, clipped_u = clip(np.ravel(update), config.update_bound)
+    z, clipped_z = clip(z, config.z_bound)
+    up, zp = config.update_params, config.z_params
+    update_shares = share(quantize(update, up), n_participants, up)
+    z_shares = share(quantize(z, zp), n_participants, zp, degree=2)
+    blind = blinding_shares(n_participants, (n_participants, n_dist_groups), zp)
+    plaintexts = [
+        pack_field_arrays({"update": update_shares[j], "z": z_shares[j], "blind": blind[j]}, up)
+        for j in range(n_participants)
+    ]
+    return plaintexts, {"clipped-update": clipped_u, "clipped-z": clipped_z}
+
+
+def participant_answer(
+    plaintexts: Mapping[int, bytes],
+    n_participants: int,
+    sum_groups: Sequence[Sequence[int]],
+    dist_groups: Sequence[Sequence[int]],
+    config: ProtocolConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exchange 2 on a participant: coded cluster sums and coded scaled distances.
+
+    Parameters
+    ----------
+    plaintexts : mapping
+        Opened plaintexts by sender participant index (every sender of the round).
+    n_participants : int
+        Sampled sites of the round.
+    sum_groups, dist_groups : sequences of index lists
+        Members (participant indices, senders only) of each cluster to sum, and of each
+        group whose centre the distances are measured against. ``dist_groups`` has exactly the
+        number of groups announced in exchange 1 (it fixes the blinding shape); a group may be
+        empty when its members dropped out, and its column is then zero.
+    config : ProtocolConfig
+        Protocol parameters.
+
+    Returns
+    -------
+    tuple of np.ndarray
+        ``(sums, distances)``: ``(n_sum_groups, L, R)`` and ``(n_participants, n_dist, R)``.
+
+    Raises
+    ------
+    MalformedMessageError
+        If a plaintext does not unpack to the expected arrays, or a group names a participant
+        whose shares are missing.
+    """
+    up, zp = config.update_params, config.z_params
+    unpacked = {s: unpack_field_arrays(p, up) for s, p in plaintexts.items()}
+    for sender, arrays in unpacked.items():
+        if set(arrays) != {"update", "z", "blind"}:
+            raise MalformedMessageError(
+                f"shares of participant {sender}: unexpected arrays {sorted(arrays)}"
+            )
+        if arrays["blind"].shape[:2] != (n_participants, len(dist_groups)):
+            raise MalformedMessageError(f"shares of participant {sender}: blinding shape mismatch")
+    for group in (*sum_groups, *dist_groups):
+        missing = [m for m in group if m not in unpacked]
+        if missing:
+            raise MalformedMessageError(f"group member(s) {missing} sent no shares this round")
+    if not unpacked:
+        raise MalformedMessageError("no shares to compute on")
+    first = next(iter(unpacked.values()))
+    sums = np.zeros((len(sum_groups), *first["update"].shape), dtype=np.int64)
+    for g, group in enumerate(sum_groups):
+        if group:
+            sums[g] = coded_sum(np.stack([unpacked[m]["update"] for m in group]), up)
+    z_rows = np.zeros((n_participants, *first["z"].shape), dtype=np.int64)
+    for sender, arrays in unpacked.items():
+        z_rows[sender] = arrays["z"]
+    blinding = coded_sum(np.stack([a["blind"] for a in unpacked.values()]), zp)
+    distances = np.zeros((n_participants, len(dist_groups), first["z"].shape[-1]), dtype=np.int64)
+    filled = [c for c, g in enumerate(dist_groups) if g]
+    if filled:
+        distances[:, filled] = coded_scaled_distances(
+            z_rows, [list(dist_groups[c]) for c in filled], zp, blinding=blinding[:, filled]
+        )
+    return sums, distances
+
+
+def decode_sums(
+    answers: Mapping[int, np.ndarray], update_dim: int, config: ProtocolConfig
+) -> np.ndarray:
+    """Cluster sums of the updates, as floats, from ``{participant: sums answer}``.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_sum_groups, update_dim)``.
+    """
+    up = config.update_params
+    stacked = {j: np.asarray(a) for j, a in answers.items()}
+    n_groups = next(iter(stacked.values())).shape[0]
+    return (
+        np.stack(
+            [
+                dequantize(
+                    decode({j: a[g] for j, a in stacked.items()}, up, 1, length=update_dim), up, 1
+                )
+                for g in range(n_groups)
+            ]
+        )
+        if n_groups
+        else np.zeros((0, update_dim))
+    )
+
+
+def decode_distances(answers: Mapping[int, np.ndarray], config: ProtocolConfig) -> np.ndarray:
+    """Scaled squared distances ``(n_participants, n_dist_groups)`` as floats."""
+    zp = config.z_params
+    return dequantize(decode(dict(answers), zp, 2), zp, 2)
+
+
+def plain_cluster_sums(
+    updates: Mapping[int, np.ndarray], groups: Sequence[Sequence[int]]
+) -> np.ndarray:
+    """The plaintext twin's cluster sums (same layout as :func:`decode_sums`)."""
+    dim = np.ravel(next(iter(updates.values()))).size
+    return np.stack(
+        [np.sum([np.ravel(updates[m]) for m in g], axis=0) if g else np.zeros(dim) for g in groups]
+    ).reshape(len(groups), dim)
+
+
+def plain_scaled_distances(
+    z: Mapping[int, np.ndarray], n_participants: int, groups: Sequence[Sequence[int]]
+) -> np.ndarray:
+    """The plaintext twin's scaled distances ``‖|C| z_i − Σ_{m∈C} z_m‖²`` (NaN for absent sites)."""
+    out = np.full((n_participants, len(groups)), np.nan)
+    for c, group in enumerate(groups):
+        if not group:
+            out[:, c] = 0.0
+            continue
+        total = np.sum([z[m] for m in group], axis=0)
+        for i, zi in z.items():
+            out[i, c] = float(np.sum((len(group) * np.asarray(zi) - total) ** 2))
+    return out
+
+
+def load_site_identities(path: str) -> dict[str, bytes]:
+    """Read ``site-identities.yaml`` (site id to Ed25519 public key PEM) into raw public keys.
+
+    Raises
+    ------
+    ValueError
+        If the file is missing, not a mapping, or a key does not parse (named in the message).
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from .channel import load_identity_public_key
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"site identities: {file} does not exist")
+    doc = yaml.safe_load(file.read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or not doc:
+        raise ValueError(
+            f"site identities: {file}: expected a mapping of site id to public key PEM"
+        )
+    out = {}
+    for site, pem in doc.items():
+        try:
+            key = load_identity_public_key(str(pem).encode())
+        except Exception as exc:  # noqa: BLE001 - re-raised naming the entry
+            raise ValueError(
+                f"site identities: {file}: key of site {site!r} does not parse ({exc})"
+            ) from exc
+        from cryptography.hazmat.primitives import serialization
+
+        out[str(site)] = key.public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+    return out
+
+
+def groups_from_labels(labels: Sequence[int], count: int | None = None) -> list[list[int]]:
+    """Index lists per label ``0..count-1``; ``-1`` marks a participant outside every group."""
+    labels = [int(x) for x in labels]
+    if count is None:
+        count = max(labels, default=-1) + 1
+    return [[i for i, x in enumerate(labels) if x == c] for c in range(count)]
