@@ -125,9 +125,9 @@ def test_tls_authenticated_federation_runs_the_app(tmp_path):
     assert len(results["rounds"]) == ROUNDS
     for record in results["rounds"]:
         # Every site answered every round with a real accuracy.
-        assert len(record["sites"]) == len(SITES), (record, result.describe())
+        assert len(record["sites"]) == len(SITES), f"{record}\n{result.describe()}\n{fed.logs()}"
         # ... and trained (a failed train exchange leaves no training metrics).
-        assert "train-loss" in record["train_metrics"], (record, result.describe())
+        assert "train-loss" in record["train_metrics"], f"{record}\n{result.describe()}"
         assert not math.isnan(record["train_metrics"]["train-loss"]), record
         assert 0.0 <= record["mean_accuracy"] <= 1.0 and not math.isnan(record["mean_accuracy"])
     # Each site kept its state in its own folder.
