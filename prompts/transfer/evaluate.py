@@ -14,26 +14,16 @@ import torch
 from .common import Progress, load_model, read_metadata, setup_run
 from .config import EvaluateConfig
 from .data import encode_templated, label_token_ids, load_task, split_task
-from .prompt import last_logits, load_prompt
+from .prompt import batched_logits, load_prompt
 
 
-@torch.no_grad()
 def predict(
     model, tok, prompt, texts, template, label_ids, max_text_tokens, batch_size, progress=None
 ) -> torch.Tensor:
     """Return the predicted class index of each text (argmax over the label words)."""
-    device = model.get_input_embeddings().weight.device
-    ids_t = torch.tensor(label_ids, device=device)
-    preds = []
-    for b, i in enumerate(range(0, len(texts), batch_size), start=1):
-        enc = encode_templated(tok, texts[i : i + batch_size], template, max_text_tokens)
-        logits = last_logits(
-            model, enc["input_ids"].to(device), enc["attention_mask"].to(device), prompt
-        )
-        preds.append(logits[:, ids_t].argmax(-1).cpu())
-        if progress is not None:
-            progress.update(b)
-    return torch.cat(preds)
+    enc = encode_templated(tok, texts, template, max_text_tokens)
+    logits = batched_logits(model, enc, prompt, batch_size, progress)
+    return logits[:, torch.tensor(label_ids, device=logits.device)].argmax(-1).cpu()
 
 
 def accuracy(

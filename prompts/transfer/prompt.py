@@ -72,6 +72,20 @@ def last_logits(
     return out.logits[:, -1]
 
 
+@torch.no_grad()
+def batched_logits(model, enc, prompt, batch_size: int, progress=None) -> torch.Tensor:
+    """Last-position logits of every row of ``enc`` (no gradient), ``batch_size`` rows at a time."""
+    device = model.get_input_embeddings().weight.device
+    out = []
+    for b, i in enumerate(range(0, enc["input_ids"].shape[0], batch_size), start=1):
+        ids = enc["input_ids"][i : i + batch_size].to(device)
+        mask = enc["attention_mask"][i : i + batch_size].to(device)
+        out.append(last_logits(model, ids, mask, prompt))
+        if progress is not None:
+            progress.update(b)
+    return torch.cat(out)
+
+
 def check_compatible(meta: dict[str, Any], model, tok, prompt: torch.Tensor | None = None) -> None:
     """Refuse a prompt whose tokenizer or hidden size differs from ``model``/``tok``."""
     hidden = model.config.hidden_size

@@ -27,19 +27,7 @@ from .common import (
 )
 from .config import TransferConfig
 from .data import encode_templated, label_token_ids, load_public, public_split
-from .prompt import init_from_text, last_logits, load_prompt, save_prompt
-
-
-@torch.no_grad()
-def batched_logits(model, enc, prompt, batch_size: int) -> torch.Tensor:
-    """Last-position logits of every row of ``enc`` (no gradient)."""
-    device = model.get_input_embeddings().weight.device
-    out = []
-    for i in range(0, enc["input_ids"].shape[0], batch_size):
-        ids = enc["input_ids"][i : i + batch_size].to(device)
-        mask = enc["attention_mask"][i : i + batch_size].to(device)
-        out.append(last_logits(model, ids, mask, prompt))
-    return torch.cat(out)
+from .prompt import batched_logits, init_from_text, last_logits, load_prompt, save_prompt
 
 
 def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor, temp: float) -> torch.Tensor:
