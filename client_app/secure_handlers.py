@@ -38,6 +38,7 @@ log = logging.getLogger("secfpp.client")
 
 SHARES_STAGE = "secpc-shares"
 _KEYS = "secpc-keys"
+_OWN_SHARE = "secpc-own-share"
 
 
 def _site(context: Context) -> SiteConfig:
@@ -156,7 +157,13 @@ def seal_shares(
         {
             peer: channel.seal(plaintexts[j], round=server_round, stage=SHARES_STAGE, receiver=peer)
             for j, peer in enumerate(participants)
+            if peer != site.site_id
         }
+    )
+    # The site's own share never travels: it waits in the SuperNode's state for exchange 2.
+    own = participants.index(site.site_id)
+    context.state[_OWN_SHARE] = ConfigRecord(
+        {"server-round": server_round, "plaintext": plaintexts[own]}
     )
     return sealed, {**stats, "crypto-seconds": time.perf_counter() - start}
 
@@ -179,6 +186,13 @@ def secpc(message: Message, context: Context) -> Message:
     opened: dict[int, bytes] = {}
     rejected: dict[str, str] = {}
     for sender in senders:
+        if sender == site.site_id:
+            own = context.state.config_records.get(_OWN_SHARE)
+            if own is None or int(own["server-round"]) != server_round:
+                rejected[sender] = "MissingShare: this site's own share of the round is gone"
+            else:
+                opened[participants.index(sender)] = bytes(own["plaintext"])
+            continue
         if sender not in relay or sender not in participants:
             rejected[sender] = "MissingShare: no ciphertext relayed for this sender"
             continue

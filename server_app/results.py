@@ -85,8 +85,8 @@ class ResultsWriter:
         return {
             **self.header,
             "rounds": self.kept_rounds + [r.to_json() for r in self.records],
-            "final_mean_accuracy": final.mean_accuracy if final else None,
-            "final_worst_accuracy": final.worst_accuracy if final else None,
+            "final_mean_accuracy": final.to_json()["mean_accuracy"] if final else None,
+            "final_worst_accuracy": final.to_json()["worst_accuracy"] if final else None,
         }
 
     def finish(self) -> None:

@@ -8,6 +8,7 @@ own held-out data, and keep one :class:`RoundRecord` per round for the results f
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -103,11 +104,11 @@ class RoundRecord:
         return min((s.accuracy for s in self.sites), default=float("nan"))
 
     def to_json(self) -> dict:
-        """A JSON-ready dict."""
+        """A JSON-ready dict (NaN, e.g. a round nobody evaluated, becomes ``null``)."""
         out = asdict(self)
         out["mean_accuracy"] = self.mean_accuracy
         out["worst_accuracy"] = self.worst_accuracy
-        return out
+        return _nan_to_none(out)
 
 
 class PromptStrategy(FedAvg):
@@ -185,7 +186,9 @@ class PromptStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Example-weighted average of the returned ``P_G`` (FedAvg) and of the metrics."""
-        arrays, metrics = super().aggregate_train(server_round, list(replies))
+        replies = list(replies)
+        require_some_replies(server_round, replies, "train")
+        arrays, metrics = super().aggregate_train(server_round, replies)
         if metrics is not None:
             self._begin_round(server_round).train_metrics = {
                 k: float(v) for k, v in metrics.items()
@@ -205,6 +208,7 @@ class PromptStrategy(FedAvg):
     ) -> MetricRecord | None:
         """Record per-site accuracies, close the round, and return the weighted means."""
         replies = list(replies)
+        require_some_replies(server_round, replies, "evaluate")
         record = self._begin_round(server_round)
         for reply in replies:
             if reply.has_error():
@@ -233,6 +237,37 @@ class PromptStrategy(FedAvg):
         if self.on_round_end is not None:
             self.on_round_end(record)
         return super().aggregate_evaluate(server_round, replies)
+
+
+def _nan_to_none(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+class NoSiteRepliedError(RuntimeError):
+    """Every site failed in a round: the run stops instead of reporting empty results."""
+
+
+def require_some_replies(server_round: int, replies: list[Message], what: str) -> None:
+    """Stop the run when not a single site answered ``what`` successfully.
+
+    Raises
+    ------
+    NoSiteRepliedError
+        With the first site error, which usually names the cause.
+    """
+    if not replies or any(not r.has_error() for r in replies):
+        return
+    first = (replies[0].error.reason or "").strip().splitlines()
+    raise NoSiteRepliedError(
+        f"round {server_round}: no site answered '{what}' successfully ({len(replies)} failed); "
+        f"first error: {first[-1] if first else 'unknown'}"
+    )
 
 
 def natural_key(text: str) -> tuple:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
-from .base import PromptStrategy
+from .base import PromptStrategy, require_some_replies
 
 
 class ZeroShot(PromptStrategy):
@@ -48,7 +48,9 @@ class LocalOnly(PromptStrategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Average the training metrics; there are no arrays to combine."""
-        valid, _ = self._check_and_log_replies(list(replies), is_train=False)
+        replies = list(replies)
+        require_some_replies(server_round, replies, "train")
+        valid, _ = self._check_and_log_replies(replies, is_train=False)
         if not valid:
             return None, None
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)

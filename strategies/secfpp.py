@@ -33,7 +33,14 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from .base import LocalTraining, PromptStrategy, RoundRecord, SiteResult, natural_key
+from .base import (
+    LocalTraining,
+    PromptStrategy,
+    RoundRecord,
+    SiteResult,
+    natural_key,
+    require_some_replies,
+)
 from .clustering import (
     ClusteringConfig,
     initial_labels,
@@ -357,6 +364,8 @@ class SecFPP(PromptStrategy):
         """Validate replies, run the SecPC step, update cluster prompts and the assignment."""
         effective = server_round + self.round_offset
         participants: list[str] = self._plan["participants"]
+        replies = list(replies)
+        require_some_replies(effective, replies, "train")
         accepted: dict[str, Message] = {}
         for reply in replies:
             site, problem = self._check_train_reply(reply, participants)
@@ -419,8 +428,8 @@ class SecFPP(PromptStrategy):
             if "shares" not in content.config_records:
                 return site, "malformed: no 'shares' record"
             shares = content["shares"]
-            if set(shares.keys()) != set(participants):
-                return site, "malformed: shares are not addressed to exactly the participants"
+            if set(shares.keys()) != set(participants) - {site}:
+                return site, "malformed: shares are not addressed to exactly the other participants"
             if not all(isinstance(v, bytes) for v in shares.values()):
                 return site, "malformed: a share is not bytes"
         else:
@@ -478,7 +487,11 @@ class SecFPP(PromptStrategy):
             messages = []
             for receiver in senders:
                 relay = ConfigRecord(
-                    {s: bytes(accepted[s].content["shares"][receiver]) for s in senders}
+                    {
+                        s: bytes(accepted[s].content["shares"][receiver])
+                        for s in senders
+                        if s != receiver
+                    }
                 )
                 content = RecordDict({"config": config, "relay": relay})
                 messages.append(Message(content, self._plan["nodes"][receiver], "query.secpc"))
@@ -586,20 +599,23 @@ class SecFPP(PromptStrategy):
         true = true_sq_distances(np.where(active[:, None], scaled, np.nan), sizes)
         new = dict(old)
         if not self.labels:
-            usable = true[:, measured_cols]
-            if active.sum() >= self.clustering.min_cluster_size and usable.shape[1] > 0:
-                rows = [j for j in range(len(participants)) if active[j]]
+            # Sites in a landmark group that was measured; a site whose group lost members below
+            # the size floor keeps label 0 until a later Lloyd step places it.
+            rows = [j for j in range(len(participants)) if active[j] and dist_labels[j] >= 0]
+            if len(rows) >= self.clustering.min_cluster_size and measured_cols.any():
                 position = {j: r for r, j in enumerate(rows)}
                 landmark = [
-                    [position[j] for j in range(len(participants)) if dist_labels[j] == c]
+                    [position[j] for j in rows if dist_labels[j] == c]
                     for c in range(len(columns))
                     if measured_cols[c]
                 ]
-                fresh = initial_labels(usable[active], self.clustering, groups=landmark)
-                for p, lab in zip(
-                    [p for p, a in zip(participants, active, strict=True) if a], fresh, strict=True
-                ):
-                    new[p] = int(lab)
+                fresh = initial_labels(
+                    true[np.ix_(rows, np.flatnonzero(measured_cols))],
+                    self.clustering,
+                    groups=landmark,
+                )
+                for j, lab in zip(rows, fresh, strict=True):
+                    new[participants[j]] = int(lab)
         else:
             col_of = {c: i for i, c in enumerate(columns)}
             subset = [j for j, p in enumerate(participants) if old.get(p, -1) in col_of]

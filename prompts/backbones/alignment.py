@@ -3,7 +3,7 @@
 The alignment is fitted once, with no labelled data of any target task, as a ridge regression:
 
 * inputs: MiniLM sentence embeddings of the 1,000 ImageNet-1k class names (WordNet lemmas,
-  ``imagenet_classes.txt``), each put into several prompt templates ("a photo of a {}.", ...);
+  ``imagenet_classes.json``), each put into several prompt templates ("a photo of a {}.", ...);
   every (template, name) sentence is one training row, so the map is fitted for the prompt
   distribution it will see, not for one fixed prompt;
 * targets: the image tower's own ImageNet classifier rows (the 1280-d weight vector of each
@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
+# JSON, not .txt: Flower app bundles (FABs) carry .json files but drop .txt ones.
+CLASSES_FILE = Path(__file__).with_name("imagenet_classes.json")
 
 TEMPLATES = (
     "a photo of a {}.",
@@ -48,12 +49,8 @@ FIT_COUNT = 0  # incremented on every real fit; tests use it to check cache hits
 
 def imagenet_classes() -> list[tuple[str, list[str], str]]:
     """The 1,000 ImageNet classes in index order as (synset, lemmas, gloss)."""
-    rows = []
-    for line in CLASSES_FILE.read_text(encoding="utf-8").splitlines():
-        if not line or line.startswith("#"):
-            continue
-        synset, lemmas, gloss = line.split("\t")
-        rows.append((synset, [s.strip() for s in lemmas.split(",") if s.strip()], gloss))
+    doc = json.loads(CLASSES_FILE.read_text(encoding="utf-8"))
+    rows = [(c["synset"], list(c["lemmas"]), c["gloss"]) for c in doc["classes"]]
     if len(rows) != 1000:
         raise RuntimeError(f"{CLASSES_FILE} must list 1000 classes, found {len(rows)}")
     return rows

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +18,9 @@ DEFAULT_CACHE_DIR = Path("~/.cache/secfpp/backbones")
 
 
 def default_cache_dir(cache_dir: str | Path | None = None) -> Path:
-    """Resolve the cache folder: the argument, ``$SECFPP_BACKBONE_CACHE``, or the default."""
+    """Resolve the cache folder: the argument, or ``~/.cache/secfpp/backbones``."""
     if cache_dir is None:
-        cache_dir = os.environ.get("SECFPP_BACKBONE_CACHE") or DEFAULT_CACHE_DIR
+        cache_dir = DEFAULT_CACHE_DIR
     return Path(cache_dir).expanduser()
 
 
@@ -183,7 +182,7 @@ def load_backbone(
             local Hugging Face cache).
         device: where to put the weights (``"auto"`` picks cuda when available).
         cache_dir: folder for the two-tower alignment cache (default
-            ``$SECFPP_BACKBONE_CACHE`` or ``~/.cache/secfpp/backbones``).
+            ``~/.cache/secfpp/backbones``).
 
     Raises
     ------
