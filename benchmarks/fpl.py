@@ -65,6 +65,44 @@ def _parse_value(text: str):
         return text
 
 
+def clustering_summary(run, records, sites: int) -> dict:
+    """The SecFPP-specific figures: assignments, agreement with the true domains, costs."""
+    from sklearn.metrics import adjusted_rand_score
+
+    domains = {s.site_id: s.domain for r in records for s in r.sites}
+    assignments = [r.extra.get("assignment") for r in records]
+    ari = [
+        adjusted_rand_score([domains[s] for s in sorted(a)], [a[s] for s in sorted(a)])
+        if a
+        else None
+        for a in assignments
+    ]
+    exchanges = [r.extra.get("exchanges") for r in records if r.extra.get("exchanges")]
+    secpc_crypto = [
+        float(w.message().content["metrics"]["crypto-seconds"])
+        for w in run.grid.wire
+        if w.direction == "up"
+        and w.message_type == "query.secpc"
+        and "metrics" in w.message().content.metric_records
+    ]
+    trained = [r for r in records if r.train_metrics]
+    seal = sum(r.train_metrics.get("crypto-seconds", 0.0) for r in trained) / max(1, len(trained))
+    answer = sum(secpc_crypto) / max(1, len(trained) * sites)
+    train = sum(r.train_metrics.get("train-seconds", 0.0) for r in trained) / max(1, len(trained))
+    steady = [run.grid.bytes_sent("up", message_type=t) for t in ("train", "query.secpc")]
+    return {
+        "assignments": assignments,
+        "adjusted_rand_index_vs_domains_per_round": ari,
+        "adjusted_rand_index_vs_domains": ari[-1] if ari else None,
+        "exchanges_per_round": exchanges,
+        "exchanges_per_round_steady_state": max(exchanges[1:]) if len(exchanges) > 1 else None,
+        "bytes_up_per_site_round": sum(steady) / max(1, sites * len(trained)),
+        "seconds_crypto_per_site_round": seal + answer,
+        "seconds_train_per_site_round": train,
+        "crypto_over_train": (seal + answer) / train if train else None,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     state_root = Path(args.state_root).expanduser() / args.dataset
@@ -118,6 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
         "bytes_up_per_site_round": up_bytes / max(1, args.sites * max(1, train_rounds)),
         "run_config": {k: v for k, v in run.run_config.items()},
     }
+    if args.method in ("secfpp", "clustered"):
+        result.update(clustering_summary(run, records, args.sites))
     if args.out:
         out = Path(args.out).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import ConfigRecord
 
 from benchmarks.federation import run_federation
 from client_app.local_store import LocalPromptStore
@@ -112,7 +112,9 @@ def test_server_relays_ciphertexts_it_cannot_read(secure_run):
     for w in _up(secure_run, "train"):
         for receiver, value in w.message().content["shares"].items():
             sent[value] = receiver
-    relayed = [w for w in secure_run.grid.wire if w.direction == "down" and w.message_type == "query.secpc"]
+    relayed = [
+        w for w in secure_run.grid.wire if w.direction == "down" and w.message_type == "query.secpc"
+    ]
     assert relayed
     for w in relayed:
         for value in w.message().content["relay"].values():
@@ -150,7 +152,14 @@ def test_tampered_share_leaves_sender_out(tmp_path, sites_root):
         shares[first] = bytes(raw)
         return reply
 
-    result = run(tmp_path, sites_root, "secfpp", "t-tamper", rounds=1, reply_hook=_tamper("train", "site-2", flip))
+    result = run(
+        tmp_path,
+        sites_root,
+        "secfpp",
+        "t-tamper",
+        rounds=1,
+        reply_hook=_tamper("train", "site-2", flip),
+    )
     rounds = strategy_views(result)["rounds"]
     assert "site-2" not in rounds[0]["extra"]["senders"]
     assert len(rounds[0]["extra"]["senders"]) == SITES - 1
@@ -161,7 +170,14 @@ def test_malformed_reply_is_left_out(tmp_path, sites_root):
         del reply.content["shares"]
         return reply
 
-    result = run(tmp_path, sites_root, "secfpp", "t-malformed", rounds=1, reply_hook=_tamper("train", "site-4", strip))
+    result = run(
+        tmp_path,
+        sites_root,
+        "secfpp",
+        "t-malformed",
+        rounds=1,
+        reply_hook=_tamper("train", "site-4", strip),
+    )
     senders = strategy_views(result)["rounds"][0]["extra"]["senders"]
     assert "site-4" not in senders and len(senders) == SITES - 1
 
@@ -222,7 +238,9 @@ def test_checkpoint_and_resume(tmp_path, sites_root):
     doc = strategy_views(resumed)
     assert [r["server_round"] for r in doc["rounds"]] == [1, 2]
     assert [r.server_round for r in resumed.writer.records] == [2]
-    assert json.loads((resumed.writer.folder / "checkpoint.json").read_text())["completed_round"] == 2
+    assert (
+        json.loads((resumed.writer.folder / "checkpoint.json").read_text())["completed_round"] == 2
+    )
 
 
 def test_refuses_thresholds_it_cannot_decode(tmp_path, sites_root):
