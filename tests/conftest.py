@@ -2,17 +2,9 @@
 
 import os
 
-# Flower's phone-home, update check and per-run dependency install, and Ray's usage
-# stats, are switched off for this process and every process it starts.
-os.environ.update(
-    {
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-)
+from deploy.local_federation import FLOWER_ENV
+
+# Flower's phone-home, update check and per-run dependency install, Ray's usage stats and the
+# model hubs are switched off for this process and every process it starts (one list, shared
+# with the launcher of real Flower processes).
+os.environ.update(FLOWER_ENV)

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 
 DEFAULT_CACHE_DIR = Path("~/.cache/secfpp/backbones")
+#: The token whose embeddings the context vectors replace (a single token in both tokenizers).
+PLACEHOLDER = "X"
 
 
 def default_cache_dir(cache_dir: str | Path | None = None) -> Path:
@@ -135,6 +137,30 @@ class PromptableBackbone(torch.nn.Module, abc.ABC):
         """Multiplier applied to cosine similarities to obtain logits."""
 
     # ---- shared helpers -------------------------------------------------------------------
+    def _placeholder_token_id(self) -> int:
+        ids = self.tokenizer(PLACEHOLDER, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise RuntimeError(f"placeholder {PLACEHOLDER!r} is not a single token: {ids}")
+        return int(ids[0])
+
+    def _coop_token_ids(
+        self, class_names: list[str], n_ctx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask of ``"X X ... <name>."`` for every class.
+
+        Both tokenizers put one special token first, so the placeholders must sit at positions
+        ``1..n_ctx``; anything else would make ``encode_text`` overwrite the wrong tokens.
+        """
+        if n_ctx < 0:
+            raise ValueError(f"n_ctx must be >= 0, got {n_ctx}")
+        prefix = " ".join([PLACEHOLDER] * n_ctx)
+        texts = [f"{prefix} {c}.".strip() for c in class_names]
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt")
+        ids = enc["input_ids"]
+        if n_ctx and not bool((ids[:, 1 : 1 + n_ctx] == self._placeholder_id).all()):
+            raise RuntimeError("placeholder tokens are not at positions 1..n_ctx")
+        return ids, enc["attention_mask"]
+
     @staticmethod
     def _expand_ctx(ctx: torch.Tensor, text: TextInputs) -> torch.Tensor:
         if ctx.dim() == 2:

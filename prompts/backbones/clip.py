@@ -21,7 +21,6 @@ import torch.nn.functional as F  # noqa: N812
 
 from .base import PromptableBackbone, TextInputs, quiet_transformers
 
-PLACEHOLDER = "X"
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -63,10 +62,7 @@ class ClipBackbone(PromptableBackbone):
             pass
         self.register_buffer("img_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("img_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        ids = self.tokenizer(PLACEHOLDER, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise RuntimeError(f"placeholder {PLACEHOLDER!r} is not a single token: {ids}")
-        self._placeholder_id = int(ids[0])
+        self._placeholder_id = self._placeholder_token_id()
         self.freeze()
 
     # ---- image side -----------------------------------------------------------------------
@@ -95,15 +91,10 @@ class ClipBackbone(PromptableBackbone):
 
     # ---- text side ------------------------------------------------------------------------
     def tokenize(self, class_names: list[str], n_ctx: int) -> TextInputs:  # noqa: D102
-        prefix = " ".join([PLACEHOLDER] * n_ctx)
-        texts = [f"{prefix} {c}.".strip() for c in class_names]
-        enc = self.tokenizer(texts, padding=True, return_tensors="pt")
-        ids = enc["input_ids"]
-        if n_ctx and not bool((ids[:, 1 : 1 + n_ctx] == self._placeholder_id).all()):
-            raise RuntimeError("placeholder tokens are not at positions 1..n_ctx")
+        ids, mask = self._coop_token_ids(class_names, n_ctx)
         return TextInputs(
             input_ids=ids,
-            attention_mask=enc["attention_mask"],
+            attention_mask=mask,
             ctx_start=1,
             n_ctx=n_ctx,
             pool_index=self._eot_index(ids),

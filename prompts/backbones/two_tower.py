@@ -29,7 +29,6 @@ from .base import PromptableBackbone, TextInputs, quiet_transformers
 _IMG_MEAN = 127.0 / 255.0
 _IMG_STD = 128.0 / 255.0
 DEFAULT_IMAGE_SIZE = 96
-PLACEHOLDER = "X"
 ALIGNMENT_VERSION = "v1"
 
 
@@ -87,10 +86,7 @@ class TwoTowerBackbone(PromptableBackbone):
         self.ctx_dim = int(self.text_tower.config.hidden_size)
         self.feature_dim = int(self.image_tower._fc.in_features)
         self.name = f"two-tower-effnetlite0-minilm-{ALIGNMENT_VERSION}-r{self.image_size}"
-        ids = self.tokenizer(PLACEHOLDER, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise RuntimeError(f"placeholder {PLACEHOLDER!r} is not a single token: {ids}")
-        self._placeholder_id = int(ids[0])
+        self._placeholder_id = self._placeholder_token_id()
 
         fit = alignment.load_or_fit(self, Path(cache_dir))
         self.register_buffer("align_weight", fit["weight"].float())  # (feature_dim, ctx_dim)
@@ -129,21 +125,13 @@ class TwoTowerBackbone(PromptableBackbone):
 
     # ---- text side ------------------------------------------------------------------------
     def tokenize(self, class_names: list[str], n_ctx: int) -> TextInputs:  # noqa: D102
-        if n_ctx < 0:
-            raise ValueError(f"n_ctx must be >= 0, got {n_ctx}")
-        prefix = " ".join([PLACEHOLDER] * n_ctx)
-        texts = [f"{prefix} {c}.".strip() for c in class_names]
-        enc = self.tokenizer(texts, padding=True, return_tensors="pt")
-        ids = enc["input_ids"]
-        # Layout: [CLS] X*n_ctx <name> . [SEP]; check the placeholders landed right after [CLS].
-        if n_ctx and not bool((ids[:, 1 : 1 + n_ctx] == self._placeholder_id).all()):
-            raise RuntimeError("placeholder tokens are not at positions 1..n_ctx")
+        ids, mask = self._coop_token_ids(class_names, n_ctx)
         return TextInputs(
             input_ids=ids,
-            attention_mask=enc["attention_mask"],
+            attention_mask=mask,
             ctx_start=1,
             n_ctx=n_ctx,
-            pool_index=enc["attention_mask"].sum(dim=1) - 1,
+            pool_index=mask.sum(dim=1) - 1,
             class_names=list(class_names),
         )
 
