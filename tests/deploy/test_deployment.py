@@ -39,43 +39,27 @@ def site_data(index: int) -> dict:
     }
 
 
-def schema_has_site_identities() -> bool:
-    """Whether the site YAML schema has the ``site-identities`` key (added with SecFPP)."""
-    from client_app.site_config import SiteConfig
-
-    return "site_identities" in SiteConfig.__dataclass_fields__
-
-
-def strategy_under_test() -> str:
-    """``secfpp`` once the registry has it, the ``promptfl`` baseline before."""
-    from strategies.registry import STRATEGIES
-
-    return "secfpp" if "secfpp" in STRATEGIES else "promptfl"
-
-
-def run_config(workdir: Path, strategy: str, identities: Path) -> dict:
-    config = {
-        "strategy": strategy,
+def run_config(workdir: Path, identities: Path) -> dict:
+    return {
+        "strategy": "secfpp",
         "num-server-rounds": ROUNDS,
         "local-epochs": 1,
         "min-sites": len(SITES),
         "output-dir": str(workdir / "outputs"),
         "run-name": "deploy-test",
         "device": "cpu",
-    }
-    if strategy == "secfpp":
-        config["site-identities"] = str(identities)
+        "site-identities": str(identities),
         # Three sites: K=1 slice, T=1 colluder, so a degree-2 result decodes from 2(K+T-1)+1 = 3.
-        config["secure-k"] = 1
-        config["secure-t"] = 1
-    return config
+        "secure-k": 1,
+        "secure-t": 1,
+    }
 
 
 @pytest.mark.slow
 def test_tls_authenticated_federation_runs_the_app(tmp_path):
     started = time.monotonic()
     creds = generate(tmp_path / "credentials", [*SITES, "rogue"], ["127.0.0.1"])
-    strategy = strategy_under_test()
+    strategy = "secfpp"
     fed = LocalFederation(tmp_path / "federation", tls_dir=creds.root, supernode_auth=True)
     with fed:
         nodes = [
@@ -83,7 +67,7 @@ def test_tls_authenticated_federation_runs_the_app(tmp_path):
                 site,
                 site_data(i),
                 credentials=creds.root,
-                site_identities=schema_has_site_identities(),
+                site_identities=True,
             )
             for i, site in enumerate(SITES)
         ]
@@ -102,7 +86,7 @@ def test_tls_authenticated_federation_runs_the_app(tmp_path):
         assert rogue.process.popen.wait(60) != 0, rogue.process.log()
         assert "Failed to activate SuperNode" in rogue.process.log(200)
 
-        result = fed.run(REPO, run_config(tmp_path, strategy, creds.identities), timeout=300)
+        result = fed.run(REPO, run_config(tmp_path, creds.identities), timeout=300)
         assert result.ok, result.describe()
         online = {int(n["node-id"]) for n in fed.list_nodes() if n["status"] == "online"}
         assert online == {n.node_id for n in nodes}  # the rogue never joined
