@@ -103,11 +103,13 @@ def plot_accuracy(records: list[RoundRecord], path: Path, title: str = "") -> No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rounds = [r.server_round for r in records]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.plot(rounds, [r.mean_accuracy for r in records], marker="o", label="mean over sites")
     ax.plot(rounds, [r.worst_accuracy for r in records], marker="s", label="worst site")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("personalized test accuracy")
     ax.set_ylim(0, 1)
