@@ -13,12 +13,13 @@ One round is two exchanges (``DESIGN.md``):
    :mod:`strategies.clustering`).
 
 Key setup (``query.keysetup``) runs once per run, and again only when a sampled site has no key
-in the directory. The twin shares every line with SecFPP except the crypto: the same sampling,
+in the directory (the twin uses the same exchange only to learn site ids). The twin shares every line with SecFPP except the crypto: the same sampling,
 groups, clustering, prompt updates and checkpoints; only how sums and distances are obtained
 differs (:meth:`SecFPP._secure_results` vs :meth:`SecFPP._plain_results`).
 
 What the server learns: who took part, cluster assignments and sizes, scaled site-to-centre
-distances, and each cluster's summed ``P_G`` update. :attr:`SecFPP.server_view` lists it.
+distances, and each cluster's summed ``P_G`` update: one :class:`ServerView` per round, kept in
+:attr:`SecFPP.views`.
 """
 
 from __future__ import annotations
