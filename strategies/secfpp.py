@@ -214,7 +214,11 @@ class SecFPP(PromptStrategy):
         ):
             return node_ids
         config = ConfigRecord({"server-round": server_round, "mode": self.mode_name})
-        messages = [Message(RecordDict({"config": config}), n, "query.keysetup") for n in node_ids]
+        # group_id carries the round, as in Flower's own strategies' logs and the grid's records.
+        messages = [
+            Message(RecordDict({"config": config}), n, "query.keysetup", group_id=str(server_round))
+            for n in node_ids
+        ]
         replies = list(grid.send_and_receive(messages))
         self._count_exchange(server_round)
         announcements: dict[str, bytes] = {}
@@ -313,7 +317,7 @@ class SecFPP(PromptStrategy):
             offset = self._prompt_for(site)
             if offset is not None:
                 content["arrays"] = ArrayRecord({OFFSET_KEY: Array(offset.astype(np.float32))})
-            messages.append(Message(content, node, "train"))
+            messages.append(Message(content, node, "train", group_id=str(effective)))
         return messages
 
     def _directory_config(self) -> dict:
@@ -495,7 +499,8 @@ class SecFPP(PromptStrategy):
                     }
                 )
                 content = RecordDict({"config": config, "relay": relay})
-                messages.append(Message(content, self._plan["nodes"][receiver], "query.secpc"))
+                node = self._plan["nodes"][receiver]
+                messages.append(Message(content, node, "query.secpc", group_id=str(server_round)))
             replies = list(self._grid.send_and_receive(messages))
             self._count_exchange(server_round)
             answers_sum, answers_dist, rejected = {}, {}, set()
@@ -711,7 +716,7 @@ class SecFPP(PromptStrategy):
             offset = self._prompt_for(site)
             if offset is not None:
                 content["arrays"] = ArrayRecord({OFFSET_KEY: Array(offset.astype(np.float32))})
-            messages.append(Message(content, node, "evaluate"))
+            messages.append(Message(content, node, "evaluate", group_id=str(effective)))
         return messages
 
     def aggregate_evaluate(
