@@ -78,12 +78,15 @@ def clustering_summary(run, records, sites: int) -> dict:
         for a in assignments
     ]
     exchanges = [r.extra.get("exchanges") for r in records if r.extra.get("exchanges")]
-    secpc_crypto = [
-        float(w.message().content["metrics"]["crypto-seconds"])
+    secpc_replies = [
+        w.message().content
         for w in run.grid.wire
-        if w.direction == "up"
-        and w.message_type == "query.secpc"
-        and "metrics" in w.message().content.metric_records
+        if w.direction == "up" and w.message_type == "query.secpc"
+    ]
+    secpc_crypto = [
+        float(c["metrics"]["crypto-seconds"])
+        for c in secpc_replies
+        if "metrics" in c.metric_records
     ]
     trained = [r for r in records if r.train_metrics]
     seal = sum(r.train_metrics.get("crypto-seconds", 0.0) for r in trained) / max(1, len(trained))

@@ -218,25 +218,45 @@ class PromptStrategy(FedAvg):
                     reply.error.reason,
                 )
                 continue
-            metrics = reply.content["metrics"]
             site = reply.content.config_records.get("site", ConfigRecord())
             record.sites.append(
-                SiteResult(
-                    node_id=reply.metadata.src_node_id,
-                    site_id=str(site.get("site-id", reply.metadata.src_node_id)),
-                    domain=str(site.get("domain", "")),
-                    accuracy=float(metrics["accuracy"]),
-                    loss=float(metrics["loss"]),
-                    num_examples=int(metrics["num-examples"]),
-                )
+                site_result(reply, str(site.get("site-id", reply.metadata.src_node_id)))
             )
-        record.sites.sort(key=lambda s: natural_key(s.site_id))
         record.seconds = time.perf_counter() - self._round_start
-        self.records.append(record)
         self._current = None
+        self._publish(record)
+        return super().aggregate_evaluate(server_round, replies)
+
+    def _publish(self, record: RoundRecord) -> None:
+        """Sort the round's sites, keep the record, and hand it to ``on_round_end``."""
+        record.sites.sort(key=lambda s: natural_key(s.site_id))
+        self.records.append(record)
         if self.on_round_end is not None:
             self.on_round_end(record)
-        return super().aggregate_evaluate(server_round, replies)
+
+
+def site_result(
+    reply: Message,
+    site_id: str,
+    accuracy_key: str = "accuracy",
+    loss_key: str = "loss",
+    count_key: str = "num-examples",
+) -> SiteResult:
+    """One site's evaluation, read from a reply's ``metrics`` (and ``site`` domain) records.
+
+    The keys differ between an ``evaluate`` reply and the evaluation a SecFPP ``train`` reply
+    carries (``pre-accuracy``, ``pre-loss``, ``test-examples``).
+    """
+    metrics = reply.content["metrics"]
+    site = reply.content.config_records.get("site", ConfigRecord())
+    return SiteResult(
+        node_id=reply.metadata.src_node_id,
+        site_id=site_id,
+        domain=str(site.get("domain", "")),
+        accuracy=float(metrics[accuracy_key]),
+        loss=float(metrics[loss_key]),
+        num_examples=int(metrics[count_key]),
+    )
 
 
 def _nan_to_none(value):

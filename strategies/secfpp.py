@@ -38,9 +38,9 @@ from .base import (
     LocalTraining,
     PromptStrategy,
     RoundRecord,
-    SiteResult,
     natural_key,
     require_some_replies,
+    site_result,
 )
 from .clustering import (
     ClusteringConfig,
@@ -680,24 +680,10 @@ class SecFPP(PromptStrategy):
         if record is None:
             return
         for site, reply in accepted.items():
-            m = reply.content["metrics"]
             record.sites.append(
-                SiteResult(
-                    node_id=reply.metadata.src_node_id,
-                    site_id=site,
-                    domain=str(reply.content["site"].get("domain", "")),
-                    accuracy=float(m["pre-accuracy"]),
-                    loss=float(m["pre-loss"]),
-                    num_examples=int(m["test-examples"]),
-                )
+                site_result(reply, site, "pre-accuracy", "pre-loss", "test-examples")
             )
         self._publish(record)
-
-    def _publish(self, record: RoundRecord) -> None:
-        record.sites.sort(key=lambda s: natural_key(s.site_id))
-        self.records.append(record)
-        if self.on_round_end is not None:
-            self.on_round_end(record)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -730,18 +716,8 @@ class SecFPP(PromptStrategy):
         for reply in replies:
             if reply.has_error():
                 continue
-            m = reply.content["metrics"]
             node = reply.metadata.src_node_id
-            record.sites.append(
-                SiteResult(
-                    node_id=node,
-                    site_id=self.site_of_node.get(node, str(node)),
-                    domain=str(reply.content["site"].get("domain", "")),
-                    accuracy=float(m["accuracy"]),
-                    loss=float(m["loss"]),
-                    num_examples=int(m["num-examples"]),
-                )
-            )
+            record.sites.append(site_result(reply, self.site_of_node.get(node, str(node))))
         self._publish(record)
         return MetricRecord({"accuracy": record.mean_accuracy})
 

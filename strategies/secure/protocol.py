@@ -320,6 +320,7 @@ def load_site_identities(path: str) -> dict[str, bytes]:
     from pathlib import Path
 
     import yaml
+    from cryptography.hazmat.primitives import serialization
 
     from .channel import load_identity_public_key
 
@@ -339,8 +340,6 @@ def load_site_identities(path: str) -> dict[str, bytes]:
             raise ValueError(
                 f"site identities: {file}: key of site {site!r} does not parse ({exc})"
             ) from exc
-        from cryptography.hazmat.primitives import serialization
-
         out[str(site)] = key.public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
