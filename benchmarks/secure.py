@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from strategies.secure import (
+from secpc import (
     EphemeralKey,
     IdentityKey,
     KeyAnnouncement,

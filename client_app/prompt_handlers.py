@@ -225,7 +225,7 @@ def _attach_cluster_payload(
     base_global: torch.Tensor,
 ) -> None:
     """Add the round's update and reduced prompt: sealed shares, or plaintext for the twin."""
-    from strategies.secure.protocol import ProtocolConfig, clip, reduce_prompt
+    from secpc.protocol import ProtocolConfig, clip, reduce_prompt
 
     protocol = ProtocolConfig.from_config(config)
     update = (prompt.global_ctx.detach() - base_global).cpu().double().numpy()

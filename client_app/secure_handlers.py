@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from strategies.secure import (
+from secpc import (
     EphemeralKey,
     IdentityKey,
     KeyAnnouncement,
@@ -23,7 +23,7 @@ from strategies.secure import (
     SecureProtocolError,
     field_to_array,
 )
-from strategies.secure.protocol import (
+from secpc.protocol import (
     ProtocolConfig,
     groups_from_labels,
     load_site_identities,

@@ -34,6 +34,17 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from secpc import KeyDirectory, NotEnoughAnswersError, SecureProtocolError, field_from_array
+from secpc.protocol import (
+    ProtocolConfig,
+    decode_distances,
+    decode_sums,
+    groups_from_labels,
+    load_site_identities,
+    plain_cluster_sums,
+    plain_scaled_distances,
+)
+
 from .base import (
     LocalTraining,
     PromptStrategy,
@@ -50,16 +61,6 @@ from .clustering import (
     true_sq_distances,
 )
 from .results_io import write_json_atomic
-from .secure import KeyDirectory, NotEnoughAnswersError, SecureProtocolError, field_from_array
-from .secure.protocol import (
-    ProtocolConfig,
-    decode_distances,
-    decode_sums,
-    groups_from_labels,
-    load_site_identities,
-    plain_cluster_sums,
-    plain_scaled_distances,
-)
 
 log = logging.getLogger("secfpp.server")
 

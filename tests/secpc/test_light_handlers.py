@@ -8,7 +8,7 @@ import sys
 def test_key_setup_and_secpc_handlers_do_not_import_torch():
     code = (
         "import sys\n"
-        "import client_app.app, client_app.secure_handlers, strategies.secure.protocol\n"
+        "import client_app.app, client_app.secure_handlers, secpc.protocol\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'peft', 'opacus') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )

@@ -7,14 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import adjusted_rand_score
 
-from strategies.clustering import (
-    ClusteringConfig,
-    initial_labels,
-    landmark_groups,
-    lloyd_step,
-    true_sq_distances,
-)
-from strategies.secure.protocol import (
+from secpc.protocol import (
     ProtocolConfig,
     decode_distances,
     decode_sums,
@@ -23,6 +16,13 @@ from strategies.secure.protocol import (
     plain_cluster_sums,
     plain_scaled_distances,
     share_round,
+)
+from strategies.clustering import (
+    ClusteringConfig,
+    initial_labels,
+    landmark_groups,
+    lloyd_step,
+    true_sq_distances,
 )
 
 PROTO = ProtocolConfig(k=1, t=2, z_dim=8, z_scale_bits=16, z_bound=8.0)
@@ -95,7 +95,7 @@ def test_well_separated_clusters_are_recovered_through_the_protocol(sizes, seed,
 
 
 def test_too_many_dropouts_refuse_to_decode():
-    from strategies.secure import NotEnoughAnswersError
+    from secpc import NotEnoughAnswersError
 
     z, truth = synthetic([3, 3], seed=0)
     with pytest.raises(NotEnoughAnswersError):

@@ -1,6 +1,6 @@
 import pytest
 
-from strategies.secure import (
+from secpc import (
     EphemeralKey,
     IdentityKey,
     KeyAnnouncement,
@@ -165,7 +165,7 @@ def test_identity_key_files(tmp_path):
 
 
 def test_every_error_is_a_secure_protocol_error():
-    import strategies.secure as sec
+    import secpc as sec
 
     errors = [getattr(sec, n) for n in sec.__all__ if n.endswith("Error")]
     assert len(errors) >= 10

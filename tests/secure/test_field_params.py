@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from strategies.secure import (
+from secpc import (
     DEFAULT_MODULI,
     ParameterError,
     PrimeField,
@@ -13,7 +13,7 @@ from strategies.secure import (
     max_intermediate_magnitude,
     quantize,
 )
-from strategies.secure.field import inv_mod, is_prime, lagrange_matrix, matmul_mod
+from secpc.field import inv_mod, is_prime, lagrange_matrix, matmul_mod
 
 
 def test_default_moduli_are_primes_below_2_31():

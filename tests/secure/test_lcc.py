@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from strategies.secure import (
+from secpc import (
     MalformedMessageError,
     NotEnoughAnswersError,
     ParameterError,

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_package_imports_neither_torch_nor_flwr():
     code = (
-        "import sys, strategies.secure, strategies.secure.channel, strategies.secure.lcc;"
+        "import sys, secpc, secpc.channel, secpc.lcc;"
         "bad = [m for m in ('torch', 'flwr') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

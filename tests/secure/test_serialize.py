@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from strategies.secure import (
+from secpc import (
     MalformedMessageError,
     SecureParams,
     field_from_array,

@@ -31,7 +31,7 @@ class ProtocolConfig:
     ----------
     k : int
         LCC data slices. ``1`` is recommended: with ``k > 1`` the server also learns per-slice
-        partial distances (see ``strategies/secure/README.md``).
+        partial distances (see ``secpc/README.md``).
     t : int
         Colluding participants tolerated: any ``t`` shares of a secret reveal nothing.
     update_scale_bits : int

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class SecureProtocolError(Exception):
-    """Base class of every error raised by ``strategies.secure``."""
+    """Base class of every error raised by ``secpc``."""
 
 
 class ParameterError(SecureProtocolError, ValueError):
