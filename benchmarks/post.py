@@ -1,15 +1,22 @@
-"""Benchmark of the POST stage on the offline default (SmolLM2-135M-Instruct, BBC News, pydoc).
+"""Benchmark of the POST stage on the offline default (SmolLM2-135M-Instruct teacher).
 
-``python -m benchmarks.post --out FILE [--quick]`` runs, in one process: distill (timed on its
-own, a one-time cost), prompt tuning on the student, the same with DP-SGD at ε=8, transfer of
-both prompts to the teacher, prompt tuning directly on the teacher (same data and epochs), and
-the evaluation of all of them on the held-out test split at the final step. The last line
-printed is one JSON object (also written to FILE).
+``python -m benchmarks.post --task bbc [--out FILE] [--quick]`` runs, in one process: distill
+(a one-time cost of the model owner, cached under ``--cache-dir`` and timed on its own), prompt
+tuning on the student, the same with DP-SGD at ε=8, transfer of the student prompt to the teacher
+with the label-word objective and with POST's full-vocabulary objective, transfer of the DP
+prompt, prompt tuning directly on the teacher (same private set, epochs and batch), and the
+evaluation of all of them on the held-out test split at the final step. The last line printed is
+one JSON object (also written to FILE).
+
+``--task`` picks the private task: ``bbc`` (BBC News topics) or ``spam`` (SpamAssassin mail).
+``--sweep`` instead measures the student's accuracy with its tuned prompt against the teacher
+layers kept and the distillation steps, which is how the default student was chosen.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -18,33 +25,52 @@ from pathlib import Path
 
 import torch
 
-from prompts.transfer.common import load_model
-from prompts.transfer.config import DistillConfig, EvaluateConfig, TransferConfig, TuneConfig
+from prompts.transfer.common import default_cache_dir, load_model, read_metadata
+from prompts.transfer.config import (
+    DEFAULT_LAYERS,
+    DistillConfig,
+    EvaluateConfig,
+    TransferConfig,
+    TuneConfig,
+)
+from prompts.transfer.data import load_task, split_task
 from prompts.transfer.distill import run_distill
 from prompts.transfer.evaluate import run_evaluate
 from prompts.transfer.transfer import run_transfer
 from prompts.transfer.tune import run_tune
 
+# Settings of the full run, fixed before any result was seen (reasons in the README):
+# the whole private set but 250 test examples, one epoch (with 1,500+ examples that is already
+# 90+ steps of batch 16, three times the 30 steps that took the teacher to 89% before), the
+# same sizes for the student and for full tuning; distillation sized to ~20 minutes on 1 core.
 FULL = {
-    "distill": {"steps": 40, "batch_size": 8, "seq_len": 48, "num_texts": 200},
+    "distill": {
+        "layers": DEFAULT_LAYERS,
+        "steps": 300,
+        "batch_size": 8,
+        "seq_len": 64,
+        "num_texts": 1500,
+        "lr": 5e-4,
+    },
     "tune": {
-        "train_size": 240,
-        "test_size": 150,
-        "epochs": 2,
+        "test_size": 250,
+        "epochs": 1,
         "batch_size": 16,
         "prompt_length": 8,
         "max_text_tokens": 32,
     },
     "transfer": {
-        "num_texts": 64,
-        "heldout_texts": 32,
-        "steps": 20,
+        "num_texts": 128,
+        "heldout_texts": 64,
+        "steps": 40,
         "batch_size": 8,
         "max_text_tokens": 32,
     },
 }
+# The whole private task minus the test part, capped where a task is larger than BBC News.
+TRAIN_SIZE = {"bbc": 1875, "spam": 1500}
 QUICK = {
-    "distill": {"steps": 4, "batch_size": 4, "seq_len": 32, "num_texts": 40},
+    "distill": {"layers": "0,-1", "steps": 4, "batch_size": 4, "seq_len": 32, "num_texts": 40},
     "tune": {
         "train_size": 40,
         "test_size": 30,
@@ -63,13 +89,108 @@ QUICK = {
 }
 
 
+def distill_key(teacher_id: str, cfg: dict, public: str, seed: int) -> str:
+    """Cache key of a student: everything that shapes its weights."""
+    payload = json.dumps(
+        {"teacher": teacher_id, "public": public, "seed": seed, **cfg}, sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def cached_student(
+    teacher,
+    tok,
+    teacher_id: str,
+    dcfg: dict,
+    public: str,
+    common: dict,
+    cache_root: Path,
+    teacher_name: str = "smollm2",
+):
+    """Distill once per setting and keep the student under ``cache_root/students``.
+
+    Returns ``(summary, student, cached)``; a cached student's summary is the metadata written
+    when it was distilled, so its ``seconds`` is the one-time cost that was paid then.
+    """
+    key = distill_key(teacher_id, dcfg, public, common["seed"])
+    folder = cache_root / "students" / key
+    if (folder / "metadata.json").exists() and (folder / "model.safetensors").exists():
+        student, _, _ = load_model(str(folder), device=common["device"])
+        meta = read_metadata(folder)  # written before the move: point it at the final folder
+        return {**meta, "config": {**meta["config"], "out": str(folder)}}, student, True
+    tmp = folder.with_name(key + ".tmp")
+    cfg = DistillConfig(out=str(tmp), teacher=teacher_name, public_corpus=public, **dcfg, **common)
+    summary, student = run_distill(cfg, teacher=teacher, tok=tok, model_id=teacher_id)
+    tmp.replace(folder)
+    return {**summary, "config": {**summary["config"], "out": str(folder)}}, student, False
+
+
+def sweep(args, teacher, tok, teacher_id, common, cache_root: Path) -> dict:
+    """Student accuracy with its tuned prompt against layers kept and distillation steps."""
+    rows = []
+    data = load_task(args.task)
+    for spec in args.sweep.split(";"):
+        layers, _, steps = spec.partition("@")
+        dcfg = {**FULL["distill"], "layers": layers, "steps": int(steps or 0)}
+        if dcfg["steps"] > 0:
+            d_sum, student, cached = cached_student(
+                teacher, tok, teacher_id, dcfg, args.public_corpus, common, cache_root, args.teacher
+            )
+            seconds = d_sum["seconds"]
+        else:  # the layers as cut from the teacher, not distilled at all
+            from prompts.transfer.distill import build_student
+
+            student = build_student(teacher, [int(x) for x in layers.split(",")])[0]
+            student.eval().requires_grad_(False)
+            seconds, cached = 0.0, False
+        cfg = TuneConfig(
+            model="student",
+            out=str(Path(args.workdir or tempfile.mkdtemp()) / f"sweep_{len(rows)}"),
+            task=args.task,
+            train_size=args.sweep_train,
+            **{**FULL["tune"], "test_size": FULL["tune"]["test_size"]},
+            **common,
+        )
+        meta, prompt = run_tune(cfg, model=student, tok=tok, model_id=spec)
+        _, test = split_task(data, cfg.train_size, cfg.test_size, cfg.data_seed)
+        from prompts.transfer.data import label_token_ids
+        from prompts.transfer.evaluate import accuracy
+
+        acc = accuracy(
+            student,
+            tok,
+            prompt,
+            test.texts,
+            test.labels,
+            meta["template"],
+            label_token_ids(tok, meta["label_words"]),
+            cfg.max_text_tokens,
+            32,
+        )
+        row = {
+            "layers": layers,
+            "distill_steps": dcfg["steps"],
+            "seconds_distill": seconds,
+            "distill_cached": cached,
+            "student_train_acc": meta["train_accuracy"],
+            "student_prompt_acc": acc,
+            "seconds_tuning": meta["seconds"],
+        }
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
+    return {"sweep": rows, "task": args.task, "train_size": args.sweep_train}
+
+
 def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; returns (and prints as the last line) the result dict."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="write the result JSON here")
+    parser.add_argument("--task", default="bbc", help="private task: bbc or spam")
+    parser.add_argument("--out", default="", help="also write the result JSON here")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a fast end-to-end check")
     parser.add_argument("--workdir", default="", help="artifact folder (default: a temp folder)")
     parser.add_argument("--teacher", default="smollm2")
-    parser.add_argument("--cache-dir", default="")
+    parser.add_argument("--public-corpus", default="sotu", help="sotu, pydoc or a .txt path")
+    parser.add_argument("--cache-dir", default="", help="teacher weights and distilled students")
     parser.add_argument("--dp-epsilon", type=float, default=8.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -78,9 +199,18 @@ def main(argv: list[str] | None = None) -> dict:
         default=1,
         help="torch CPU threads (1 is fastest on a shared 2-core machine)",
     )
+    parser.add_argument(
+        "--sweep",
+        default="",
+        help="'LAYERS@STEPS;...': measure the student prompt instead of the full run",
+    )
+    parser.add_argument("--sweep-train", type=int, default=400, help="training examples per sweep")
     args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
+    sizes = json.loads(json.dumps(QUICK if args.quick else FULL))
+    if not args.quick:
+        sizes["tune"]["train_size"] = TRAIN_SIZE.get(args.task, 1000)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="post-bench-"))
+    cache_root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     common = {
         "cache_dir": args.cache_dir,
         "seed": args.seed,
@@ -92,29 +222,52 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     teacher, tok, teacher_id = load_model(args.teacher, args.cache_dir or None, "auto")
     seconds_load = time.perf_counter() - t0
+    if args.sweep:
+        result = sweep(args, teacher, tok, teacher_id, common, cache_root)
+        return _emit(result, args.out)
 
-    d_sum, student = run_distill(
-        DistillConfig(
-            out=str(work / "student"), teacher=args.teacher, **sizes["distill"], **common
-        ),
-        teacher=teacher,
-        tok=tok,
-        model_id=teacher_id,
-    )
+    if args.quick:  # a throwaway student: the cache is for the real one
+        d_sum, student = run_distill(
+            DistillConfig(
+                out=str(work / "student"),
+                teacher=args.teacher,
+                public_corpus=args.public_corpus,
+                **sizes["distill"],
+                **common,
+            ),
+            teacher=teacher,
+            tok=tok,
+            model_id=teacher_id,
+        )
+        cached = False
+    else:
+        d_sum, student, cached = cached_student(
+            teacher,
+            tok,
+            teacher_id,
+            sizes["distill"],
+            args.public_corpus,
+            common,
+            cache_root,
+            args.teacher,
+        )
+    student_dir = d_sum["config"]["out"]
     student_id = d_sum["model_id"]
 
     def tune(model, model_id, out, **kw):
         cfg = TuneConfig(
-            model=str(work / "student"), out=str(work / out), **sizes["tune"], **common, **kw
+            model=student_dir, out=str(work / out), task=args.task, **sizes["tune"], **common, **kw
         )
         return run_tune(cfg, model=model, tok=tok, model_id=model_id)[0]
 
-    def transfer(prompt_dir, out):
+    def transfer(prompt_dir, out, objective="label"):
         cfg = TransferConfig(
-            student=str(work / "student"),
+            student=student_dir,
             student_prompt=str(work / prompt_dir),
             out=str(work / out),
             teacher=args.teacher,
+            public_corpus=args.public_corpus,
+            objective=objective,
             **sizes["transfer"],
             **common,
         )
@@ -122,15 +275,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     s_tune = tune(student, student_id, "student_prompt")
     post = transfer("student_prompt", "post_prompt")
+    post_full = transfer("student_prompt", "post_full_vocab_prompt", objective="full")
     s_tune_dp = tune(student, student_id, "student_prompt_dp", dp_epsilon=args.dp_epsilon)
     post_dp = transfer("student_prompt_dp", "post_dp_prompt")
     full = tune(teacher, teacher_id, "full_prompt")
 
-    folders = ["post_prompt", "post_dp_prompt", "full_prompt", "student_prompt"]
+    folders = ["post_prompt", "post_full_vocab_prompt", "post_dp_prompt", "full_prompt"]
+    folders.append("student_prompt")
     ev = run_evaluate(
         EvaluateConfig(
             teacher=args.teacher,
-            student=str(work / "student"),
+            student=student_dir,
             student_prompt=str(work / "student_prompt"),
             teacher_prompt=",".join(str(work / f) for f in folders),
             **common,
@@ -141,32 +296,34 @@ def main(argv: list[str] | None = None) -> dict:
         quiet=True,
     )
     acc = {f: ev[f"teacher_prompt_acc[{work / f}]"] for f in folders}
-    ev_dp = (
-        run_evaluate(
-            EvaluateConfig(
-                teacher=args.teacher,
-                student=str(work / "student"),
-                student_prompt=str(work / "student_prompt_dp"),
-                **common,
-            ),
-            teacher=teacher,
-            tok=tok,
-            student=student,
-            quiet=True,
-        )
-        if not args.quick
-        else {"student_prompt_acc": None}
+    ev_dp = run_evaluate(
+        EvaluateConfig(
+            teacher=args.teacher,
+            student=student_dir,
+            student_prompt=str(work / "student_prompt_dp"),
+            **common,
+        ),
+        teacher=teacher,
+        tok=tok,
+        student=student,
+        quiet=True,
     )
 
     zero = ev["teacher_zero_shot_acc"]
     gain = acc["full_prompt"] - zero
     seconds_post = s_tune["seconds"] + post["seconds"]
+
+    def recovered(a: float) -> float | None:
+        return (a - zero) / gain if gain > 0 else None
+
     result = {
+        "task": args.task,
         "teacher_zero_shot_acc": zero,
         "student_prompt_acc": ev["student_prompt_acc"],
         "student_prompt_dp_acc": ev_dp["student_prompt_acc"],
         "naive_transfer_acc": acc["student_prompt"],
         "post_acc": acc["post_prompt"],
+        "post_full_vocab_acc": acc["post_full_vocab_prompt"],
         "post_dp_acc": acc["post_dp_prompt"],
         "epsilon": s_tune_dp["epsilon"],
         "delta": s_tune_dp["delta"],
@@ -175,25 +332,36 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds_post": seconds_post,
         "seconds_student_tuning": s_tune["seconds"],
         "seconds_transfer": post["seconds"],
+        "seconds_transfer_full_vocab": post_full["seconds"],
         "seconds_full_tuning": full["seconds"],
         "seconds_distill": d_sum["seconds"],
+        "distill_cached": cached,
         "seconds_load_teacher": seconds_load,
-        "recovered_gain_fraction": (acc["post_prompt"] - zero) / gain if gain > 0 else None,
+        "post_time_fraction": seconds_post / full["seconds"],
+        "recovered_gain_fraction": recovered(acc["post_prompt"]),
+        "recovered_gain_fraction_full_vocab": recovered(acc["post_full_vocab_prompt"]),
         "targets": {
-            "post_recovers_60pct_of_full_gain": gain > 0
-            and acc["post_prompt"] - zero >= 0.6 * gain,
+            "student_prompt_at_least_70pct": ev["student_prompt_acc"] >= 0.70,
+            "post_recovers_50pct_of_full_gain": gain > 0
+            and acc["post_prompt"] - zero >= 0.5 * gain,
             "post_at_most_half_full_time": seconds_post <= 0.5 * full["seconds"],
             "post_dp_within_5_points": acc["post_dp_prompt"] >= acc["post_prompt"] - 0.05,
+            "post_beats_zero_shot": acc["post_prompt"] > zero,
         },
         "transfer_heldout_agreement": [
             post["heldout_agreement_before"],
             post["heldout_agreement_after"],
         ],
-        "transfer_loss": [post["initial_loss"], post["final_loss"]],
+        "transfer_full_vocab_heldout_agreement": [
+            post_full["heldout_agreement_before"],
+            post_full["heldout_agreement_after"],
+        ],
         "transfer_dp_heldout_agreement": [
             post_dp["heldout_agreement_before"],
             post_dp["heldout_agreement_after"],
         ],
+        "transfer_loss": [post["initial_loss"], post["final_loss"]],
+        "transfer_full_vocab_loss": [post_full["initial_loss"], post_full["final_loss"]],
         "seconds_transfer_dp": post_dp["seconds"],
         "distill_loss": [d_sum["first_loss"], d_sum["final_loss"]],
         "train_acc": {
@@ -203,8 +371,12 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "settings": {
             "quick": args.quick,
+            "task": args.task,
             "teacher": teacher_id,
+            "public_corpus": args.public_corpus,
             "layers": d_sum["layers"],
+            "template": s_tune["template"],
+            "label_words": s_tune["label_words"],
             "dp_epsilon": args.dp_epsilon,
             "seed": args.seed,
             **sizes,
@@ -212,13 +384,18 @@ def main(argv: list[str] | None = None) -> dict:
             "threads": torch.get_num_threads(),
             "device": str(teacher.device),
             "workdir": str(work),
+            "student_dir": student_dir,
         },
         "seconds_total": time.perf_counter() - t0,
     }
-    text = json.dumps(result)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(text, flush=True)
+    return _emit(result, args.out)
+
+
+def _emit(result: dict, out: str) -> dict:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result), flush=True)
     return result
 
 

@@ -18,11 +18,11 @@ from typing import Any
 import yaml
 
 from .common import DEFAULT_TEACHER
-from .data import DEFAULT_PUBLIC, DEFAULT_TASK, DEFAULT_TEMPLATE
+from .data import DEFAULT_PUBLIC, DEFAULT_TASK, DEFAULT_TEMPLATE, TASKS, task_spec
 
-DEFAULT_INIT_TEXT = (
-    "Classify the topic of this news article as business, entertainment, politics, sports or tech."
-)
+DEFAULT_INIT_TEXT = TASKS[DEFAULT_TASK].init_text
+# Teacher layers kept by default, chosen by the layer sweep in the README (``--sweep``).
+DEFAULT_LAYERS = "0,1,2,3,4,5,6,7,28,29"
 
 
 class ConfigError(ValueError):
@@ -64,7 +64,7 @@ class DistillConfig:
 
     out: str = _opt("", "output folder of the student model (required)")
     teacher: str = _opt(DEFAULT_TEACHER, "teacher: 'smollm2' (packaged), a local path or a hub id")
-    layers: str = _opt("0,1,-2,-1", "teacher layers kept in the student, comma-separated")
+    layers: str = _opt(DEFAULT_LAYERS, "teacher layers kept in the student, comma-separated")
     public_corpus: str = _opt(DEFAULT_PUBLIC, "public text: 'pydoc' or a .txt file / folder")
     num_texts: int = _opt(400, "public paragraphs used for distillation")
     seq_len: int = _opt(64, "tokens per training block")
@@ -110,15 +110,19 @@ class TuneConfig:
 
     model: str = _opt("", "model to tune: a student folder from distill, a path, hub id or smollm2")
     out: str = _opt("", "output folder of the prompt (required)")
-    task: str = _opt(DEFAULT_TASK, "private task: 'bbc' or a folder with one subfolder per class")
+    task: str = _opt(
+        DEFAULT_TASK, "private task: 'bbc', 'spam' or a folder with one subfolder per class"
+    )
     train_size: int = _opt(400, "training examples (class-balanced)")
     test_size: int = _opt(250, "examples held out for evaluate (never used here)")
     data_seed: int = _opt(0, "seed of the train/test split (evaluate reuses it)")
-    template: str = _opt(DEFAULT_TEMPLATE, "input template; must contain {text}")
-    label_words: str = _opt("", "comma-separated label words (default: the class folder names)")
+    template: str = _opt("", "input template with {text} (default: the task's, else bbc's)")
+    label_words: str = _opt(
+        "", "comma-separated label words (default: the task's, else the class folder names)"
+    )
     max_text_tokens: int = _opt(48, "text tokens kept per example")
     prompt_length: int = _opt(16, "virtual tokens of the soft prompt")
-    init_text: str = _opt(DEFAULT_INIT_TEXT, "task sentence the prompt is initialised from")
+    init_text: str = _opt("", "sentence the prompt is initialised from (default: the task's)")
     epochs: int = _opt(2, "passes over the training set")
     batch_size: int = _opt(16, "examples per step (expected batch under DP's Poisson sampling)")
     lr: float = _opt(3e-2, "Adam learning rate of the prompt")
@@ -137,7 +141,7 @@ class TuneConfig:
         _positive(self, "train_size", "max_text_tokens", "prompt_length", "epochs")
         _positive(self, "batch_size", "lr", "max_grad_norm")
         _nonneg(self, "test_size", "data_seed")
-        if "{text}" not in self.template:
+        if self.template and "{text}" not in self.template:
             raise ConfigError("template must contain {text}")
         if self.dp_epsilon is not None and self.dp_epsilon <= 0:
             raise ConfigError(f"dp_epsilon must be > 0, got {self.dp_epsilon}")
@@ -146,9 +150,21 @@ class TuneConfig:
         if self.dp_delta is not None and self.dp_epsilon is None:
             raise ConfigError("dp_delta is set but dp_epsilon is not")
 
+    def resolved_template(self) -> str:
+        """The template: as given, else the built-in task's, else the BBC one."""
+        spec = task_spec(self.task)
+        return self.template or (spec.template if spec else DEFAULT_TEMPLATE)
+
+    def resolved_init_text(self) -> str:
+        """The init sentence: as given, else the built-in task's, else the BBC one."""
+        spec = task_spec(self.task)
+        return self.init_text or (spec.init_text if spec else DEFAULT_INIT_TEXT)
+
     def label_word_list(self, names: list[str]) -> list[str]:
-        """Label words, one per class (default: the class names)."""
-        words = [w.strip() for w in self.label_words.split(",") if w.strip()] or list(names)
+        """Label words, one per class (default: the task's, else the class names)."""
+        spec = task_spec(self.task)
+        default = list(spec.label_words) if spec and spec.label_words else list(names)
+        words = [w.strip() for w in self.label_words.split(",") if w.strip()] or default
         if len(words) != len(names):
             raise ConfigError(f"label_words has {len(words)} words for {len(names)} classes")
         return words
@@ -171,6 +187,11 @@ class TransferConfig:
     lr: float = _opt(1e-2, "Adam learning rate of the teacher prompt")
     temperature: float = _opt(2.0, "softmax temperature T")
     alpha: float = _opt(0.5, "weight of the prompt-shift KL; (1-alpha) weighs the output KL")
+    objective: str = _opt(
+        "label",
+        "'label': both KLs over the task's label words only; 'full': over the whole vocabulary"
+        " (POST's code)",
+    )
     init: str = _opt("student", "teacher prompt init: 'student' (copy, if sizes match) or 'text'")
     cache_dir: str = _opt("", "cache for dequantized packaged weights")
     device: str = _opt("auto", "auto, cpu or cuda[:N]")
@@ -185,6 +206,8 @@ class TransferConfig:
         _nonneg(self, "heldout_texts")
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.objective not in ("label", "full"):
+            raise ConfigError(f"objective must be 'label' or 'full', got {self.objective!r}")
         if self.init not in ("student", "text"):
             raise ConfigError(f"init must be 'student' or 'text', got {self.init!r}")
 

@@ -3,7 +3,10 @@
 For each public text ``x`` put through the task template, at the label position:
 ``L = (1−α)·KL(teacher(p_t+x) ‖ student(p_s+x)) + α·KL(Δteacher ‖ Δstudent)``, where
 ``Δ = logits(p+x) − logits(x)`` is the shift the prompt induces, every distribution taken at
-temperature T and the loss scaled by T². Only the teacher prompt ``p_t`` is trained. The student,
+temperature T and the loss scaled by T². With ``objective="label"`` both distributions are
+taken over the task's label words only (the logits of the other tokens are dropped before the
+softmax), so the loss is about which label the prompt favours and nothing else; ``"full"`` uses
+the whole vocabulary, as POST's code does. Only the teacher prompt ``p_t`` is trained. The student,
 its prompt and the teacher without a prompt are fixed, so their logits are computed once. The
 private data is never read here: only the template and label words recorded with the prompt.
 """
@@ -37,8 +40,38 @@ def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor, temp: float) -> torch.Te
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean() * temp**2
 
 
-def transfer_loss(t_prompted, t_plain, s_prompted, s_plain, alpha: float, temp: float):
-    """POST's transfer loss on a batch of last-position logits."""
+def transfer_loss(
+    t_prompted: torch.Tensor,
+    t_plain: torch.Tensor,
+    s_prompted: torch.Tensor,
+    s_plain: torch.Tensor,
+    alpha: float,
+    temp: float,
+    label_ids: list[int] | None = None,
+) -> torch.Tensor:
+    """POST's transfer loss on a batch of last-position logits.
+
+    Parameters
+    ----------
+    t_prompted, t_plain, s_prompted, s_plain : torch.Tensor
+        (B, V) logits of the teacher / student with and without their prompts.
+    alpha : float
+        Weight of the prompt-shift KL; ``1 - alpha`` weighs the output KL.
+    temp : float
+        Softmax temperature; the loss is scaled by ``temp**2``.
+    label_ids : list of int, optional
+        Restrict both KLs to these vocabulary columns (the label words' first tokens). None
+        keeps the whole vocabulary.
+
+    Returns
+    -------
+    torch.Tensor
+        The scalar loss.
+    """
+    if label_ids is not None:
+        cols = torch.as_tensor(label_ids, device=t_prompted.device)
+        t_prompted, t_plain = t_prompted[:, cols], t_plain[:, cols]
+        s_prompted, s_plain = s_prompted[:, cols], s_plain[:, cols]
     out_kl = _kl(t_prompted, s_prompted, temp)
     shift_kl = _kl(t_prompted - t_plain, s_prompted - s_plain, temp)
     return (1 - alpha) * out_kl + alpha * shift_kl
@@ -70,6 +103,7 @@ def run_transfer(
     device = teacher.get_input_embeddings().weight.device
     template, words = s_meta["template"], s_meta["label_words"]
     label_ids = label_token_ids(tok, words)
+    loss_ids = label_ids if cfg.objective == "label" else None
 
     corpus = load_public(cfg.public_corpus)
     texts = public_split(corpus, cfg.num_texts, cfg.seed)
@@ -104,7 +138,7 @@ def run_transfer(
         with torch.no_grad():
             t_prompted = batched_logits(teacher, enc, t_prompt.detach(), bs)
             return transfer_loss(
-                t_prompted, t_plain, s_prompted, s_plain, cfg.alpha, cfg.temperature
+                t_prompted, t_plain, s_prompted, s_plain, cfg.alpha, cfg.temperature, loss_ids
             ).item()
 
     seconds = time.perf_counter() - start
@@ -122,7 +156,13 @@ def run_transfer(
         idx = idx.to(device)
         t_prompted = last_logits(teacher, ids, mask, t_prompt)
         loss = transfer_loss(
-            t_prompted, t_plain[idx], s_prompted[idx], s_plain[idx], cfg.alpha, cfg.temperature
+            t_prompted,
+            t_plain[idx],
+            s_prompted[idx],
+            s_plain[idx],
+            cfg.alpha,
+            cfg.temperature,
+            loss_ids,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -139,6 +179,8 @@ def run_transfer(
         "steps": cfg.steps,
         "student_prompt": str(cfg.student_prompt),
         "init": init,
+        "objective": cfg.objective,
+        "public_corpus": cfg.public_corpus,
         "template": template,
         "label_names": s_meta["label_names"],
         "label_words": words,

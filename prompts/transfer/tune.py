@@ -58,14 +58,15 @@ def run_tune(cfg: TuneConfig, model=None, tok=None, model_id: str | None = None,
     train, _ = split_task(data, cfg.train_size, cfg.test_size, cfg.data_seed)
     words = cfg.label_word_list(data.label_names)
     label_ids = label_token_ids(tok, words)
-    enc = encode_templated(tok, train.texts, cfg.template, cfg.max_text_tokens)
+    template, init_text = cfg.resolved_template(), cfg.resolved_init_text()
+    enc = encode_templated(tok, train.texts, template, cfg.max_text_tokens)
     labels = torch.tensor(train.labels)
 
-    peft_cfg = prompt_tuning_config(model, cfg.prompt_length, cfg.init_text, model_id)
+    peft_cfg = prompt_tuning_config(model, cfg.prompt_length, init_text, model_id)
     # PEFT's prompt module on its own: the frozen LM is not wrapped, so it can be reused.
     encoder = PromptEmbedding(peft_cfg, model.get_input_embeddings()).to(device)
     with torch.no_grad():
-        encoder.embedding.weight.copy_(init_from_text(model, tok, cfg.init_text, cfg.prompt_length))
+        encoder.embedding.weight.copy_(init_from_text(model, tok, init_text, cfg.prompt_length))
     clf = PromptClassifier(encoder, model, label_ids).to(device)
     clf.train()
 
@@ -118,7 +119,7 @@ def run_tune(cfg: TuneConfig, model=None, tok=None, model_id: str | None = None,
         prompt,
         train.texts,
         train.labels,
-        cfg.template,
+        template,
         label_ids,
         cfg.max_text_tokens,
         cfg.batch_size,
@@ -134,11 +135,11 @@ def run_tune(cfg: TuneConfig, model=None, tok=None, model_id: str | None = None,
         "train_size": cfg.train_size,
         "test_size": cfg.test_size,
         "data_seed": cfg.data_seed,
-        "template": cfg.template,
+        "template": template,
         "label_names": data.label_names,
         "label_words": words,
         "max_text_tokens": cfg.max_text_tokens,
-        "init_text": cfg.init_text,
+        "init_text": init_text,
         "train_accuracy": train_acc,
         "first_loss": history[0] if history else None,
         "final_loss": history[-1] if history else None,

