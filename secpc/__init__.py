@@ -15,6 +15,7 @@ from .channel import (
 )
 from .errors import (
     ChannelError,
+    DecodingError,
     MalformedMessageError,
     MisaddressedError,
     NotEnoughAnswersError,
@@ -34,6 +35,7 @@ from .lcc import (
     coded_sum,
     coded_weighted_sum,
     decode,
+    decode_robust,
     decode_slices,
     share,
     slice_length,
@@ -57,6 +59,7 @@ from .serialize import (
 __all__ = [
     "DEFAULT_MODULI",
     "ChannelError",
+    "DecodingError",
     "EphemeralKey",
     "IdentityKey",
     "KeyAnnouncement",
@@ -82,6 +85,7 @@ __all__ = [
     "coded_sum",
     "coded_weighted_sum",
     "decode",
+    "decode_robust",
     "decode_slices",
     "dequantize",
     "field_from_array",

@@ -39,6 +39,35 @@ class NotEnoughAnswersError(SecureProtocolError):
         self.degree = degree
 
 
+class DecodingError(SecureProtocolError):
+    """Answers that do not lie on one polynomial of the expected degree, up to what can be corrected.
+
+    Raised by :func:`secpc.lcc.decode_robust` when more answers are wrong than can be located
+    (correcting ``e`` wrong answers needs ``n >= D + 1 + 2e``), or when too few well-formed answers
+    remain. ``received``: answers given; ``well_formed``: those with the right shape, dtype and
+    range; ``degree``: the computation's degree (1 or 2); ``poly_degree``: ``D``, the degree of the
+    answer polynomial; ``wrong``: participants known to be wrong anyway (malformed answers),
+    sorted.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        received: int,
+        well_formed: int,
+        degree: int,
+        poly_degree: int,
+        wrong: tuple[int, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.received = received
+        self.well_formed = well_formed
+        self.degree = degree
+        self.poly_degree = poly_degree
+        self.wrong = wrong
+
+
 class MalformedMessageError(SecureProtocolError, ValueError):
     """Bytes or arrays that do not parse as the expected shares, keys or ciphertexts."""
 

@@ -17,12 +17,13 @@ of ``f(u(z))``, of degree ``deg f * (K + T - 1)``, and the server interpolates t
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .errors import MalformedMessageError, NotEnoughAnswersError, ParameterError
-from .field import ByteSource, lagrange_matrix
+from .errors import DecodingError, MalformedMessageError, NotEnoughAnswersError, ParameterError
+from .field import ByteSource, lagrange_matrix, matmul_mod
 from .params import SecureParams
 
 
@@ -202,12 +203,7 @@ def coded_scaled_distances(
     return out
 
 
-def _stack_answers(
-    answers: Mapping[int, np.ndarray], params: SecureParams, degree: int
-) -> tuple[tuple[int, ...], np.ndarray]:
-    needed = params.threshold(degree)
-    if len(answers) < needed:
-        raise NotEnoughAnswersError(needed, len(answers), degree)
+def _sorted_keys(answers: Mapping[int, np.ndarray], params: SecureParams) -> list[int]:
     keys = sorted(answers)
     for key in keys:
         if (
@@ -216,7 +212,17 @@ def _stack_answers(
             or not (0 <= key < params.max_participants)
         ):
             raise MalformedMessageError(f"answer key {key!r} is not a participant index")
-    chosen = tuple(int(key) for key in keys[:needed])
+    return [int(key) for key in keys]
+
+
+def _stack_answers(
+    answers: Mapping[int, np.ndarray], params: SecureParams, degree: int
+) -> tuple[tuple[int, ...], np.ndarray]:
+    needed = params.threshold(degree)
+    if len(answers) < needed:
+        raise NotEnoughAnswersError(needed, len(answers), degree)
+    keys = _sorted_keys(answers, params)
+    chosen = tuple(keys[:needed])
     arrays = [np.asarray(answers[key]) for key in chosen]
     shape = arrays[0].shape
     if not shape or shape[-1] != params.field.r:
@@ -257,6 +263,13 @@ def decode(
     Degree 2 (coded distances): the ``K`` slice results are summed; result ``answer_shape``.
     """
     per_slice = decode_slices(answers, params, degree)
+    return _finish(per_slice, params, degree, length)
+
+
+def _finish(
+    per_slice: np.ndarray, params: SecureParams, degree: int, length: int | None
+) -> np.ndarray:
+    """Per-slice results ``(K, ...)`` -> what :func:`decode` returns."""
     f = params.field
     if degree == 2:
         return per_slice.sum(axis=0) % f.p
@@ -266,3 +279,306 @@ def decode(
             raise ParameterError(f"length={length} does not fit {joined.shape[0]} decoded values")
         joined = joined[:length]
     return joined
+
+
+# -- error-correcting decoding --------------------------------------------------------------------
+#
+# The answers of n participants are a codeword of a generalized Reed-Solomon code: the evaluations
+# of one polynomial of degree D = degree * (K + T - 1) (per coordinate and residue) at the distinct
+# points alpha_j. Its minimum distance is n - D, so up to floor((n - D - 1) / 2) wrong answers can
+# be located and up to n - D - 1 detected. `galois` (checked: 0.4.11) is not used: its ReedSolomon
+# class only evaluates at consecutive powers of a primitive n-th root of unity (n must divide
+# q - 1), not at the arbitrary points alpha_j = -(j + 1) of this protocol.
+
+#: Random linear combinations of the coordinates per residue used to locate wrong answers; an
+#: answer wrong in residue r escapes all of them with probability p_r^-LOCATE_COMBINATIONS.
+LOCATE_COMBINATIONS = 2
+
+#: Bound on the elements of one temporary block in the chunked verification.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _as_field_answer(value: object, params: SecureParams) -> np.ndarray | None:
+    """``value`` as an int64 field array ``(..., R)``, or ``None`` if it is not one."""
+    f = params.field
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError):
+        return None
+    if arr.ndim == 0 or arr.shape[-1] != f.r or arr.dtype.kind not in "iu":
+        return None
+    if arr.size:
+        if arr.dtype.kind == "u":
+            if np.any(arr.astype(np.uint64) >= f.p.astype(np.uint64)):
+                return None
+        elif np.any(arr < 0) or np.any(arr.astype(np.int64) >= f.p):
+            return None
+    return arr.astype(np.int64, copy=False)
+
+
+def _matmul_long(a: np.ndarray, b: np.ndarray, p: int) -> np.ndarray:
+    """``a @ b mod p`` for 2-D ``a (m, n)``, ``b (n, c)`` with any ``n`` (chunks of 65535 terms)."""
+    out = np.zeros((a.shape[0], b.shape[1]), dtype=np.int64)
+    step = (1 << 16) - 1
+    for s in range(0, a.shape[1], step):
+        out = (out + matmul_mod(a[:, s : s + step], b[s : s + step], p)) % p
+    return out
+
+
+def _solve_mod(aug: np.ndarray, p: int) -> np.ndarray | None:
+    """One solution of ``aug[:, :-1] @ z = aug[:, -1] (mod p)`` (free variables 0), or ``None``.
+
+    Gauss-Jordan elimination on int64 with a reduction after every step: every entry stays below
+    ``p < 2^31`` so products stay below 2^62. Exact; meant for small systems (tens of rows).
+    """
+    a = aug % p
+    rows, cols = a.shape
+    pivots: list[int] = []
+    r = 0
+    for c in range(cols - 1):
+        if r == rows:
+            break
+        nonzero = np.flatnonzero(a[r:, c])
+        if nonzero.size == 0:
+            continue
+        piv = r + int(nonzero[0])
+        if piv != r:
+            a[[r, piv]] = a[[piv, r]]
+        a[r] = a[r] * pow(int(a[r, c]), p - 2, p) % p
+        factor = a[:, c].copy()
+        factor[r] = 0
+        a = (a - factor[:, None] * a[r][None, :]) % p
+        pivots.append(c)
+        r += 1
+    if np.any(a[r:, -1]):
+        return None
+    sol = np.zeros(cols - 1, dtype=np.int64)
+    for row, c in enumerate(pivots):
+        sol[c] = a[row, -1]
+    return sol
+
+
+def _berlekamp_welch(
+    xs: np.ndarray, ys: np.ndarray, poly_degree: int, max_errors: int, p: int
+) -> list[int] | None:
+    """Positions where ``ys`` is off the degree-``poly_degree`` polynomial closest to it.
+
+    ``None`` when no such polynomial lies within ``max_errors`` wrong positions.
+
+    Finds a monic error locator ``E`` (degree ``max_errors``) and ``Q`` (degree
+    ``poly_degree + max_errors``) with ``Q(x_i) = y_i E(x_i)``; with at most ``max_errors`` errors
+    and ``n >= poly_degree + 1 + 2 max_errors`` every solution has ``Q = P E``.
+    """
+    e = max_errors
+    n_q = poly_degree + e + 1
+    powers = np.ones((xs.size, n_q), dtype=np.int64)
+    for k in range(1, n_q):
+        powers[:, k] = powers[:, k - 1] * xs % p
+    aug = np.empty((xs.size, n_q + e + 1), dtype=np.int64)
+    aug[:, :n_q] = powers
+    aug[:, n_q : n_q + e] = (-ys[:, None] * powers[:, :e]) % p
+    aug[:, -1] = ys * powers[:, e] % p
+    sol = _solve_mod(aug, p)
+    if sol is None:
+        return None
+    q = [int(v) for v in sol[:n_q]]
+    locator = [int(v) for v in sol[n_q:]] + [1]
+    quotient = [0] * (n_q - e)
+    for i in range(n_q - 1, e - 1, -1):  # long division by the monic locator
+        coef = q[i] % p
+        quotient[i - e] = coef
+        if coef:
+            for j in range(e + 1):
+                q[i - e + j] = (q[i - e + j] - coef * locator[j]) % p
+    if any(v % p for v in q[:e]):
+        return None
+    values = np.zeros_like(xs)
+    for coef in reversed(quotient):
+        values = (values * xs + coef) % p
+    bad = np.flatnonzero(values != ys % p).tolist()
+    return bad if len(bad) <= e else None
+
+
+def _locate_errors(
+    keys: tuple[int, ...],
+    stacked: np.ndarray,
+    params: SecureParams,
+    poly_degree: int,
+    max_errors: int,
+    rng: ByteSource | None,
+) -> set[int] | None:
+    """Row positions of ``stacked`` located as wrong on random combinations of coordinates."""
+    f = params.field
+    flat = stacked.reshape(stacked.shape[0], -1, f.r)
+    coeffs = f.random((flat.shape[1], LOCATE_COMBINATIONS), rng)
+    found: set[int] = set()
+    for r, p in enumerate(f.moduli):
+        xs = np.array(alpha_points(keys), dtype=np.int64) % p
+        compressed = _matmul_long(flat[:, :, r], coeffs[:, :, r], p)  # (n, combinations)
+        for c in range(LOCATE_COMBINATIONS):
+            bad = _berlekamp_welch(xs, compressed[:, c], poly_degree, max_errors, p)
+            if bad is None:
+                return None
+            found.update(bad)
+    return found if len(found) <= max_errors else None
+
+
+def _inconsistent_rows(
+    keys: tuple[int, ...],
+    stacked: np.ndarray,
+    chosen: list[int],
+    others: list[int],
+    params: SecureParams,
+) -> list[int]:
+    """Rows ``others`` whose FULL answers differ anywhere from the polynomial through ``chosen``."""
+    f = params.field
+    if not others:
+        return []
+    lag = _stacked_lagrange(
+        params, alpha_points([keys[i] for i in chosen]), alpha_points([keys[i] for i in others])
+    )
+    src = stacked[chosen].reshape(len(chosen), -1, f.r)
+    dst = stacked[others].reshape(len(others), -1, f.r)
+    bad = np.zeros(len(others), dtype=bool)
+    step = max(1, _BLOCK_ELEMENTS // max(len(others), len(chosen)))
+    for r, p in enumerate(f.moduli):
+        for s in range(0, src.shape[1], step):
+            predicted = matmul_mod(lag[..., r], src[:, s : s + step, r], p)
+            bad |= np.any(predicted != dst[:, s : s + step, r], axis=1)
+    return [i for i, b in zip(others, bad.tolist(), strict=True) if b]
+
+
+def decode_robust(
+    answers: Mapping[int, np.ndarray],
+    params: SecureParams,
+    degree: int,
+    length: int | None = None,
+    rng: ByteSource | None = None,
+    *,
+    shape: tuple[int, ...] | None = None,
+    max_errors: int | None = None,
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """:func:`decode` that also locates and names participants whose answers are wrong.
+
+    Returns ``(result, wrong)``: ``result`` exactly as :func:`decode` returns it (computed from
+    answers verified consistent), ``wrong`` the sorted participant indices whose answers were
+    malformed or are not on the decoded polynomial (on at least one coordinate or residue).
+
+    With ``D = threshold(degree) - 1`` (the answer polynomial's degree), ``m`` malformed answers
+    and ``n`` well-formed ones:
+
+    - a malformed answer (not an integer array, values outside ``[0, p)``, last axis not ``R``,
+      or a shape other than ``shape``, by default the most common shape) is named in ``wrong`` and
+      left out (an erasure);
+    - up to ``e = min(max_errors, (n - D - 1) // 2)`` wrong well-formed answers, whatever their
+      values, are located and named, and the result is exact (default ``max_errors``: the most,
+      ``(n - D - 1) // 2``). So correcting ``e`` errors needs ``n >= D + 1 + 2e``;
+    - more than ``e`` but at most ``n - D - 1 - e`` wrong answers always raise
+      :class:`DecodingError`: with ``max_errors=0`` any inconsistency among up to ``n - D - 1``
+      wrong answers is detected (detection needs ``n >= D + 2``). Beyond that, answers crafted by
+      more than ``e`` colluding participants can look like another polynomial with at most ``e``
+      errors: the result is then wrong and honest participants are named (no decoder can tell
+      them apart). Random wrong values make that happen with probability below about
+      ``C(n, e) / p``;
+    - with exactly ``n = D + 1`` well-formed answers nothing can be checked: they are decoded as
+      they are and only malformed ones are named.
+
+    Raises :class:`NotEnoughAnswersError` if fewer than ``D + 1`` answers came at all,
+    :class:`DecodingError` (``.wrong``: the malformed ones) if fewer than ``D + 1`` are well-formed,
+    if no single most common shape exists, or if the answers are inconsistent beyond ``e``
+    errors; :class:`MalformedMessageError` for keys that are not participant indices (the
+    caller's bug, not a participant's) and :class:`ParameterError` for bad ``degree``,
+    ``length``, ``shape`` or ``max_errors``.
+
+    Locating runs Berlekamp-Welch on ``LOCATE_COMBINATIONS`` random linear combinations of the
+    coordinates per residue (coefficients from ``os.urandom``; ``rng``, a ``n -> bytes`` callable,
+    for tests), so its cost does not grow with the answer size; the result is then checked on the
+    full arrays against every well-formed answer (about ``n - D - 1`` times the work of
+    :func:`decode`). The randomness only matters for locating: a wrong answer that all
+    combinations miss (probability about ``p^-2`` per residue) can make a correctable call raise
+    :class:`DecodingError`, never return a wrong result or name an honest participant.
+    """
+    needed = params.threshold(degree)
+    poly_degree = needed - 1
+    if max_errors is not None and (
+        isinstance(max_errors, bool)
+        or not isinstance(max_errors, int | np.integer)
+        or max_errors < 0
+    ):
+        raise ParameterError(f"max_errors must be a non-negative integer, got {max_errors!r}")
+    if len(answers) < needed:
+        raise NotEnoughAnswersError(needed, len(answers), degree)
+    f = params.field
+    keys = _sorted_keys(answers, params)
+    arrays = {}
+    for key in keys:
+        arr = _as_field_answer(answers[key], params)
+        if arr is not None:
+            arrays[key] = arr
+
+    def fail(message: str, well_formed: int, wrong: tuple[int, ...]) -> DecodingError:
+        return DecodingError(
+            message,
+            received=len(keys),
+            well_formed=well_formed,
+            degree=degree,
+            poly_degree=poly_degree,
+            wrong=wrong,
+        )
+
+    if shape is not None:
+        expected = tuple(int(s) for s in shape)
+        if not expected or expected[-1] != f.r:
+            raise ParameterError(f"shape must end in a residue axis of {f.r}, got {shape!r}")
+    else:
+        ranked = Counter(arr.shape for arr in arrays.values()).most_common(2)
+        if len(ranked) == 2 and ranked[0][1] == ranked[1][1]:
+            raise fail(
+                f"{len(keys)} answers to a degree-{degree} result disagree on the answer shape "
+                f"({ranked[0][1]} have {ranked[0][0]}, {ranked[1][1]} have {ranked[1][0]}): "
+                "pass shape=",
+                0,
+                (),
+            )
+        expected = ranked[0][0] if ranked else None
+    good = tuple(key for key in keys if key in arrays and arrays[key].shape == expected)
+    malformed = tuple(key for key in keys if key not in arrays or arrays[key].shape != expected)
+    n = len(good)
+    if n < needed:
+        raise fail(
+            f"cannot decode a degree-{degree} result: {needed} well-formed answers needed, "
+            f"{len(keys)} received of which {len(malformed)} malformed "
+            f"(participants {list(malformed)})",
+            n,
+            malformed,
+        )
+    stacked = np.stack([arrays[key] for key in good])
+    slack = n - needed
+    budget = slack // 2 if max_errors is None else min(int(max_errors), slack // 2)
+    located: set[int] = set()
+    if budget:
+        found = _locate_errors(good, stacked, params, poly_degree, budget, rng)
+        if found is None:
+            raise fail(
+                _inconsistent_message(len(keys), n, degree, poly_degree, budget), n, malformed
+            )
+        located = found
+    chosen = [i for i in range(n) if i not in located][:needed]
+    others = [i for i in range(n) if i not in set(chosen)]
+    wrong_rows = _inconsistent_rows(good, stacked, chosen, others, params)
+    if len(wrong_rows) > budget:
+        raise fail(_inconsistent_message(len(keys), n, degree, poly_degree, budget), n, malformed)
+    dec = _stacked_lagrange(params, alpha_points([good[i] for i in chosen]), beta_points(params.k))
+    result = _finish(f.matmul(dec, stacked[chosen]), params, degree, length)
+    return result, tuple(sorted(malformed + tuple(good[i] for i in wrong_rows)))
+
+
+def _inconsistent_message(
+    received: int, well_formed: int, degree: int, poly_degree: int, budget: int
+) -> str:
+    return (
+        f"{received} answers ({well_formed} well-formed) to a degree-{degree} result "
+        f"(answer polynomial of degree {poly_degree}) are inconsistent: more than {budget} of them "
+        f"are wrong, so the wrong ones cannot be located (locating e wrong answers needs "
+        f"at least {poly_degree + 1} + 2e well-formed answers)"
+    )
