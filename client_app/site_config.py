@@ -39,8 +39,45 @@ class SiteConfigError(ValueError):
 
     def __init__(self, source: str, key: str, expected: str, got: Any = None) -> None:
         self.source, self.key, self.expected, self.got = source, key, expected, got
+        self.line: int | None = None
+        self.column: int | None = None
         got_text = "" if got is None else f", got {got!r}"
         super().__init__(f"{source}: key '{key}': expected {expected}{got_text}")
+
+    @classmethod
+    def from_yaml_error(cls, source: str, text: str, exc: yaml.YAMLError) -> SiteConfigError:
+        """A syntax error, located where the mistake is rather than where YAML noticed it.
+
+        An unclosed quote or bracket is only detected lines later (YAML's ``problem_mark``);
+        the construct left open starts at its ``context_mark``, which is the line to fix.
+        """
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        p_mark = getattr(exc, "problem_mark", None)
+        c_mark = getattr(exc, "context_mark", None)
+        context = getattr(exc, "context", None)
+        mark = c_mark if c_mark is not None and context else p_mark
+        err = cls(source, "<yaml>", "valid YAML")
+        if mark is None:
+            message = f"{source}: invalid YAML: {problem}"
+        else:
+            err.line, err.column = mark.line + 1, mark.column + 1
+            lines = text.splitlines()
+            near = lines[mark.line].strip() if mark.line < len(lines) else ""
+            message = f"{source}:{err.line}:{err.column}: invalid YAML: "
+            if mark is c_mark and p_mark is not None:
+                message += (
+                    f"{context} here is not closed ({problem} at line {p_mark.line + 1}, "
+                    f"column {p_mark.column + 1})"
+                )
+            else:
+                message += str(problem)
+            if near:
+                message += f"; the line reads: {near}"
+        err.args = (message,)
+        return err
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else super().__str__()
 
 
 @dataclass(frozen=True)
@@ -244,7 +281,8 @@ def parse_site_config(
     Raises
     ------
     SiteConfigError
-        If a key is unknown, missing or of the wrong type or value.
+        If a key is unknown, missing or of the wrong type or value, or ``identity-key`` /
+        ``site-identities`` name a file that does not exist.
     """
     if not isinstance(raw, dict):
         raise SiteConfigError(
@@ -258,10 +296,18 @@ def parse_site_config(
     if "state-dir" not in raw:
         raise SiteConfigError(source, "state-dir", "a folder path (the key is missing)")
 
-    def path_value(key: str) -> str:
+    def path_value(key: str, must_exist: bool = False) -> str:
         value = _expect_type(source, key, raw.get(key, ""), str, "a path string")
         if value and base_dir is not None and not Path(value).expanduser().is_absolute():
             value = str((base_dir / value).resolve())
+        # A key file that is not there would otherwise fail only at the first SecFPP round.
+        if value and must_exist and not Path(value).expanduser().is_file():
+            raise SiteConfigError(
+                source,
+                key,
+                "an existing file (made by `python -m deploy.credentials`), or no key at all",
+                value,
+            )
         return value
 
     data = _parse_data(source, raw.get("data"))
@@ -273,8 +319,8 @@ def parse_site_config(
         state_dir=path_value("state-dir"),
         device=_expect_type(source, "device", raw.get("device", "auto"), str, "a device string"),
         seed=_expect_type(source, "seed", raw.get("seed", 0), int, "an integer"),
-        identity_key=path_value("identity-key"),
-        site_identities=path_value("site-identities"),
+        identity_key=path_value("identity-key", must_exist=True),
+        site_identities=path_value("site-identities", must_exist=True),
         source=source,
     )
 
@@ -295,18 +341,21 @@ def load_site_config(path: str | Path) -> SiteConfig:
     Raises
     ------
     SiteConfigError
-        If the file is missing, is not valid YAML, or does not match the schema.
+        If the file is missing, is not valid YAML (the message gives the line and column of
+        the mistake), does not match the schema, or names a key file that does not exist.
     """
     path = Path(path).expanduser()
     src = str(path)
     if not path.is_file():
         raise SiteConfigError(src, "<file>", "an existing, readable YAML file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SiteConfigError(src, "<file>", f"a readable UTF-8 text file ({exc})") from exc
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "<file>"
-        raise SiteConfigError(src, where, f"valid YAML ({getattr(exc, 'problem', exc)})") from exc
+        raise SiteConfigError.from_yaml_error(src, text, exc) from exc
     return parse_site_config(raw, source=src, base_dir=path.parent.resolve())
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from logging import INFO
+from logging import ERROR, INFO
 from pathlib import Path
 
 from flwr.app import ArrayRecord, Context
@@ -13,16 +13,25 @@ from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
+from strategies.metering import MeteredGrid
 from strategies.registry import strategy_class
 
+from .config_check import RUN_NAME, check_run_config
 from .results import ResultsWriter
 from .settings import ServerSettings
 
 app = ServerApp()
 
 
-def run_server(grid: Grid, run_config: dict, echo=None) -> tuple[ResultsWriter, Result]:
+def run_server(
+    grid: Grid, run_config: dict, echo=None, run_id: int | None = None
+) -> tuple[ResultsWriter, Result]:
     """Run one federation with the strategy and settings of ``run_config``.
+
+    The whole run config is checked first (:func:`server_app.config_check.check_run_config`),
+    before the strategy is built or any site is contacted. ``results.json`` carries a
+    ``status`` from the start; on any exception it is rewritten with ``failed`` (or
+    ``stopped``) and the error, the plot is drawn, and the exception propagates.
 
     Parameters
     ----------
@@ -32,48 +41,113 @@ def run_server(grid: Grid, run_config: dict, echo=None) -> tuple[ResultsWriter, 
         The run config (``[tool.flwr.app.config]`` plus overrides).
     echo : callable, optional
         Where the per-round table goes (default: the Flower log).
+    run_id : int, optional
+        Flower's run id, recorded in ``results.json``.
 
     Returns
     -------
     tuple of ResultsWriter and Result
         The writer holds the per-round records and the paths of the files written; the
         Flower ``Result`` holds the final shared arrays.
+
+    Raises
+    ------
+    RunConfigError
+        If a run-config value is unknown, of the wrong type or out of range (one line naming
+        the key, the value, the expectation and the fix).
     """
-    settings = ServerSettings.from_run_config(run_config)
-    # Node sampling uses Python's global generator inside Flower's strategies.
-    random.seed(settings.seed)
-    writer = ResultsWriter(
-        Path(settings.output_dir) / settings.run_name,
-        header={"strategy": settings.strategy, "run_config": dict(run_config)},
-        echo=echo or (lambda line: flwr_log(INFO, "%s", line)),
-    )
+    echo = echo or (lambda line: flwr_log(INFO, "%s", line))
+    writer: ResultsWriter | None = None
+    try:
+        checked, notes = check_run_config(run_config)
+        settings = ServerSettings.from_run_config(checked)
+        for note in notes:
+            echo(note)
+        # Node sampling uses Python's global generator inside Flower's strategies.
+        random.seed(settings.seed)
+        writer = ResultsWriter(
+            Path(settings.output_dir) / settings.run_name,
+            header={"strategy": settings.strategy, "run_config": dict(run_config)},
+            echo=echo,
+            run_id=run_id,
+        )
+        return _run(grid, settings, writer)
+    except BaseException as exc:
+        writer = writer or _fallback_writer(run_config, echo, run_id)
+        if writer is not None:
+            try:
+                writer.fail(exc)
+            except Exception as write_error:  # the run's own error matters more
+                flwr_log(ERROR, "could not record the failure: %s", write_error)
+        raise
+
+
+def _run(
+    grid: Grid, settings: ServerSettings, writer: ResultsWriter
+) -> tuple[ResultsWriter, Result]:
     checkpoint = writer.folder / "checkpoint.json"
     strategy = strategy_class(settings.strategy).from_settings(
         settings, on_round_end=writer.on_round, checkpoint_path=checkpoint
     )
+    # Every exchange of every strategy goes through one meter (exchanges, bytes, seconds).
+    if not isinstance(grid, MeteredGrid):
+        grid = MeteredGrid(grid)
+    strategy.meter = grid
     rounds = 1 if settings.strategy == "zeroshot" else settings.num_server_rounds
-    if settings.resume:
-        if not hasattr(strategy, "load_state_dict"):
-            raise ValueError(
-                f"run config 'resume': strategy {settings.strategy!r} keeps no checkpoint"
-            )
+    if not settings.resume:
+        writer.start()
+    else:
         if not checkpoint.is_file():
-            raise ValueError(f"run config 'resume': no checkpoint at {checkpoint}")
+            # Keep whatever results exist; the failure is recorded next to them.
+            writer.start(continue_file=True)
+            raise ValueError(
+                f"run config 'resume' = True: no checkpoint at {checkpoint}; "
+                "run without resume=true to start afresh"
+            )
         done = strategy.load_state_dict(json.loads(checkpoint.read_text()))
-        writer.resume_from(done)
+        writer.start(resumed_after=done)
         rounds -= done
         if rounds <= 0:
             writer.echo(f"resume: all {settings.num_server_rounds} rounds were already done")
             writer.finish()
             return writer, Result()
-        writer.echo(f"resume: continuing after round {done} of {settings.num_server_rounds}")
+        # Flower numbers the rounds of this run from 1; our table and files use the real ones.
+        writer.echo(
+            f"resume: continuing after round {done} of {settings.num_server_rounds}; "
+            f"Flower's [ROUND 1/{rounds}] is round {done + 1} of {settings.num_server_rounds}"
+        )
     result = strategy.start(grid, ArrayRecord(), num_rounds=rounds, timeout=settings.round_timeout)
     writer.finish()
     return writer, result
+
+
+def _fallback_writer(run_config: dict, echo, run_id: int | None) -> ResultsWriter | None:
+    """A writer for a run refused before its settings were read, when the folder is known.
+
+    A refused run still leaves ``status: failed`` where a script looks for it, unless the
+    output folder itself is what is wrong.
+    """
+    output_dir, run_name = run_config.get("output-dir"), run_config.get("run-name")
+    if not isinstance(output_dir, str) or not output_dir.strip():
+        return None
+    if not isinstance(run_name, str) or not RUN_NAME.match(run_name):
+        return None
+    writer = ResultsWriter(
+        Path(output_dir) / run_name,
+        header={"strategy": run_config.get("strategy"), "run_config": dict(run_config)},
+        echo=echo,
+        run_id=run_id,
+    )
+    try:
+        # A refused resume must not wipe the rounds it was meant to continue.
+        writer.start(continue_file=run_config.get("resume") is True)
+    except Exception:
+        return None
+    return writer
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point of ``flwr run``."""
     logging.getLogger("secfpp").setLevel(logging.INFO)
-    run_server(grid, dict(context.run_config))
+    run_server(grid, dict(context.run_config), run_id=int(context.run_id))

@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,40 @@ def base(**changes):
     return doc
 
 
-def test_example_file_is_valid_and_relative_paths_resolve():
-    cfg = load_site_config(EXAMPLE)
+def example_with_credentials(tmp_path) -> Path:
+    # The example names ./credentials/... next to it; those files exist on a real site only.
+    path = tmp_path / "site.yaml"
+    shutil.copy(EXAMPLE, path)
+    (tmp_path / "credentials" / "site-a").mkdir(parents=True)
+    (tmp_path / "credentials" / "site-a" / "identity.key").write_text("key")
+    (tmp_path / "credentials" / "site-identities.yaml").write_text("{}")
+    return path
+
+
+def test_example_file_is_valid_and_relative_paths_resolve(tmp_path):
+    path = example_with_credentials(tmp_path)
+    cfg = load_site_config(path)
     assert cfg.site_id == "site-a"
     assert Path(cfg.state_dir).is_absolute()
-    assert cfg.state_dir.startswith(str(EXAMPLE.parent))
+    assert cfg.state_dir.startswith(str(tmp_path))
+    assert cfg.identity_key == str(tmp_path / "credentials" / "site-a" / "identity.key")
+
+
+@pytest.mark.parametrize(
+    "key,missing",
+    [
+        ("identity-key", "credentials/site-a/identity.key"),
+        ("site-identities", "credentials/site-identities.yaml"),
+    ],
+)
+def test_missing_key_files_are_refused_at_load(tmp_path, key, missing):
+    path = example_with_credentials(tmp_path)
+    (tmp_path / missing).unlink()
+    with pytest.raises(SiteConfigError) as info:
+        load_site_config(path)
+    assert info.value.key == key
+    assert str(tmp_path / missing) in str(info.value)
+    assert "existing file" in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -67,10 +97,41 @@ def test_bad_files_name_file_key_and_expectation(tmp_path, doc, key, expected):
 
 
 def test_invalid_yaml_and_missing_file(tmp_path):
-    with pytest.raises(SiteConfigError, match="line 2"):
-        load_site_config(write(tmp_path, "site-id: a\n  bad: [\n"))
+    path = write(tmp_path, "site-id: a\n  bad: [\n")
+    with pytest.raises(SiteConfigError) as info:
+        load_site_config(path)
+    assert (info.value.line, info.value.column) == (2, 6)
+    assert str(info.value).startswith(f"{path}:2:6: invalid YAML: mapping values")
     with pytest.raises(SiteConfigError, match="existing"):
         load_site_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    "text,line,column,words",
+    [
+        # An unclosed quote on line 3 is only noticed by YAML at the end of the file.
+        (
+            "site-id: a\nstate-dir: s\ndevice: 'cpu\nseed: 0\ndata:\n  source: x\n",
+            3,
+            9,
+            "quoted scalar",
+        ),
+        # An unclosed list on line 3 is noticed on line 4.
+        ("site-id: a\nstate-dir: s\nseed: [1, 2\ndevice: cpu\n", 3, 7, "flow sequence"),
+    ],
+)
+def test_yaml_errors_point_at_the_mistake_not_where_it_was_noticed(
+    tmp_path, text, line, column, words
+):
+    path = write(tmp_path, text)
+    with pytest.raises(SiteConfigError) as info:
+        load_site_config(path)
+    err = info.value
+    assert (err.line, err.column) == (line, column)
+    message = str(err)
+    assert message.startswith(f"{path}:{line}:{column}: invalid YAML")
+    assert words in message and "\n" not in message
+    assert "key 'line" not in message
 
 
 def test_image_folder_source(tmp_path):
