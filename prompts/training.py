@@ -6,13 +6,16 @@ Both towers are frozen and image features are computed once per site (see
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 
 from .device import autocast_for
+from .dp import DPSGDConfig
 from .learner import HierarchicalPrompt
 
 
@@ -34,6 +37,11 @@ class TrainConfig:
         Whether the class-level residual is part of the forward pass.
     seed : int
         Seed of the shuffling; with the same seed, CPU training is bit-for-bit repeatable.
+    dp : DPSGDConfig or None
+        Train with DP-SGD (per-example clipping, Gaussian noise, Poisson-sampled batches of
+        expected size at most ``batch_size``; see :mod:`prompts.dp` for what is and is not
+        covered). ``None`` (default) trains exactly as without this option; ``seed`` then
+        plays no part in the DP path (its randomness must stay secret).
     """
 
     epochs: int = 2
@@ -43,6 +51,7 @@ class TrainConfig:
     train_local: bool = True
     use_local: bool = True
     seed: int = 0
+    dp: DPSGDConfig | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -53,17 +62,29 @@ class TrainConfig:
             raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
         if self.train_local and not self.use_local:
             raise ValueError("train_local: cannot train P_L when use_local is false")
+        if self.dp is not None and not isinstance(self.dp, DPSGDConfig):
+            raise ValueError(f"dp: expected None or a DPSGDConfig, got {self.dp!r}")
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What one call of :func:`train_prompt` measured."""
+    """What one call of :func:`train_prompt` measured.
+
+    ``epsilon`` and ``dp_history`` are set by DP training only: ``epsilon`` is the RDP
+    accountant's ``ε`` at ``dp.target_delta`` over ``dp_history``, the accountant's history
+    (``(noise_multiplier, sample_rate, steps)`` entries) including earlier rounds passed in.
+    Store ``dp_history`` on the site and pass it to the next :func:`train_prompt` call. With DP,
+    ``loss`` and ``accuracy`` are computed from the private examples without noise (not covered
+    by ``epsilon``).
+    """
 
     loss: float
     accuracy: float
     num_examples: int
     steps: int
     seconds: float
+    epsilon: float | None = None
+    dp_history: tuple[tuple[float, float, int], ...] = ()
 
 
 def class_logits(
@@ -100,6 +121,7 @@ def train_prompt(
     features: torch.Tensor,
     labels: torch.Tensor,
     config: TrainConfig,
+    dp_history: Sequence[Sequence[float]] = (),
 ) -> TrainResult:
     """Train the chosen prompt parts with cross-entropy on cached features.
 
@@ -117,12 +139,24 @@ def train_prompt(
         ``(N,)`` class indices on the training device.
     config : TrainConfig
         Hyperparameters.
+    dp_history : sequence of (noise_multiplier, sample_rate, steps)
+        DP only: the accountant history of the site's earlier rounds (``TrainResult.dp_history``
+        of the previous call); ignored without ``config.dp``.
 
     Returns
     -------
     TrainResult
-        Mean loss and accuracy over the last epoch's steps, and timings.
+        Mean loss and accuracy over the last epoch's steps, and timings (and, with DP, the
+        privacy spent so far).
+
+    Raises
+    ------
+    PrivacyBudgetExceededError
+        With ``config.dp.target_epsilon``: if this call would take ``ε`` past it (training
+        beyond ``planned_epochs``). Nothing is trained then.
     """
+    if config.dp is not None:
+        return _train_prompt_dp(backbone, prompt, text_inputs, features, labels, config, dp_history)
     start = time.perf_counter()
     n = features.shape[0]
     if n == 0 or config.epochs == 0:
@@ -152,6 +186,107 @@ def train_prompt(
             correct += int((logits.argmax(dim=1) == labels[idx]).sum())
     prompt.eval()
     return TrainResult(total_loss / n, correct / n, n, steps, time.perf_counter() - start)
+
+
+def _train_prompt_dp(
+    backbone,
+    prompt: HierarchicalPrompt,
+    text_inputs,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig,
+    dp_history: Sequence[Sequence[float]],
+) -> TrainResult:
+    """DP-SGD twin of :func:`train_prompt` (same optimizer, Poisson-sampled batches)."""
+    from .dp import (
+        PrivacyBudgetExceededError,
+        append_steps,
+        dp_step,
+        epsilon_from_history,
+        make_dp_optimizer,
+        normalize_history,
+        per_sample_gradients,
+        poisson_schedule,
+        resolve_noise_multiplier,
+        secret_generator,
+    )
+
+    dp = config.dp
+    start = time.perf_counter()
+    history = normalize_history(dp_history)
+    n = features.shape[0]
+    if n == 0 or config.epochs == 0:
+        eps = epsilon_from_history(history, dp.target_delta)
+        return TrainResult(
+            float("nan"), float("nan"), n, 0, time.perf_counter() - start, eps, history
+        )
+    device = features.device
+    steps_per_epoch, sample_rate = poisson_schedule(n, config.batch_size)
+    sigma = resolve_noise_multiplier(dp, sample_rate, steps_per_epoch)
+    planned_steps = config.epochs * steps_per_epoch
+    after = append_steps(history, sigma, sample_rate, planned_steps)
+    eps_after = epsilon_from_history(after, dp.target_delta)
+    # get_noise_multiplier lands at or below the target; the slack absorbs float noise only.
+    if dp.target_epsilon is not None and eps_after > dp.target_epsilon * (1 + 1e-9):
+        raise PrivacyBudgetExceededError(
+            f"training {config.epochs} more epoch(s) would spend ε={eps_after:.4g}, above "
+            f"target_epsilon={dp.target_epsilon} (planned_epochs={dp.planned_epochs})"
+        )
+    groups = prompt.parameter_groups(config.train_global, config.train_local)
+    params = [p for group in groups for p in group["params"]]
+    optimizer = make_dp_optimizer(
+        torch.optim.Adam(groups, lr=config.lr),
+        noise_multiplier=sigma,
+        max_grad_norm=dp.max_grad_norm,
+        expected_batch_size=sample_rate * n,
+        generator=secret_generator(dp.secret_seed, device),
+    )
+    # Batch membership must stay secret too: amplification by sampling assumes it.
+    sampler = secret_generator(None if dp.secret_seed is None else dp.secret_seed + 1)
+    scale = backbone.logit_scale
+    prompt.train()
+    steps = 0
+    for _ in range(config.epochs):
+        total_loss, correct, seen = 0.0, 0, 0
+        for _ in range(steps_per_epoch):
+            idx = (torch.rand(n, generator=sampler) < sample_rate).nonzero().squeeze(1)
+            idx = idx.to(device)
+            if idx.numel() == 0:
+                grads = [p.new_zeros((0, *p.shape)) for p in params]
+            else:
+                feats, target = features[idx], labels[idx]
+                with autocast_for(device):
+                    text = backbone.encode_text(prompt(use_local=config.use_local), text_inputs)
+
+                # class_logits split at the text features, so that one text-encoder pass
+                # serves every example's gradient.
+                def logits_of(text_features, feats=feats):
+                    with autocast_for(device):
+                        return (scale * feats @ text_features.t().to(feats.dtype)).float()
+
+                def losses(text_features, target=target):
+                    return F.cross_entropy(logits_of(text_features), target, reduction="none")
+
+                grads = per_sample_gradients(text, params, losses)
+                with torch.no_grad():
+                    logits = logits_of(text.detach())
+                    total_loss += float(F.cross_entropy(logits, target, reduction="sum"))
+                correct += int((logits.argmax(dim=1) == target).sum())
+                seen += idx.numel()
+            dp_step(optimizer, params, grads)
+            steps += 1
+    optimizer.zero_grad(set_to_none=True)
+    prompt.eval()
+    history = append_steps(history, sigma, sample_rate, steps)
+    return TrainResult(
+        total_loss / seen if seen else math.nan,
+        correct / seen if seen else math.nan,
+        n,
+        steps,
+        time.perf_counter() - start,
+        epsilon_from_history(history, dp.target_delta),
+        history,
+    )
 
 
 @torch.no_grad()
