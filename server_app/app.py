@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from logging import ERROR, INFO
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from flwr.serverapp.strategy import Result
 from strategies.metering import MeteredGrid
 from strategies.registry import strategy_class
 
-from .config_check import RUN_NAME, check_run_config
+from .config_check import RUN_NAME, RunConfigError, check_run_config, sites_needed
 from .results import ResultsWriter
 from .settings import ServerSettings
 
@@ -63,6 +64,7 @@ def run_server(
         settings = ServerSettings.from_run_config(checked)
         for note in notes:
             echo(note)
+        _check_simulated_sites(grid, checked)
         # Node sampling uses Python's global generator inside Flower's strategies.
         random.seed(settings.seed)
         writer = ResultsWriter(
@@ -82,6 +84,52 @@ def run_server(
         raise
 
 
+#: Grids whose sites are all registered at start: Flower's simulation and the in-process grid.
+_FIXED_SIZE_GRIDS = ("InMemoryGrid", "InProcessGrid")
+
+
+def _check_simulated_sites(
+    grid: Grid, checked: dict, settle: float = 3.0, limit: float = 60.0
+) -> None:
+    """In simulation, refuse a federation too small for the run instead of waiting forever.
+
+    Flower's strategies wait for ``min-sites`` sites without a deadline, which is right for
+    deployed sites that connect over time but hangs a simulation whose size is fixed (Flower's
+    default is 2 SuperNodes). Flower registers the simulated nodes just after starting the
+    ServerApp, so the count is read once it stops growing.
+
+    Raises
+    ------
+    RunConfigError
+        If the simulation has fewer sites than ``min-sites`` (already raised to what the
+        strategy needs).
+    """
+    inner = grid
+    for _ in range(3):  # wrappers such as a metering grid keep the real one as `inner`
+        inner = getattr(inner, "inner", inner)
+    if type(inner).__name__ not in _FIXED_SIZE_GRIDS:
+        return
+    need = checked["min-sites"]
+    start = last_change = time.monotonic()
+    count = len(list(grid.get_node_ids()))
+    while count < need and time.monotonic() - start < limit:
+        if count > 0 and time.monotonic() - last_change >= settle:
+            break
+        time.sleep(0.2)
+        now = len(list(grid.get_node_ids()))
+        if now != count:
+            count, last_change = now, time.monotonic()
+    if count < need:
+        _, why = sites_needed(checked)
+        raise RunConfigError(
+            "min-sites",
+            need,
+            f"at most the {count} simulated sites ({why})",
+            f'run with --federation-config "num-supernodes={max(need, 12)}" '
+            "(Flower's default is 2), or choose settings that need fewer sites",
+        )
+
+
 def _run(
     grid: Grid, settings: ServerSettings, writer: ResultsWriter
 ) -> tuple[ResultsWriter, Result]:
@@ -93,6 +141,7 @@ def _run(
     if not isinstance(grid, MeteredGrid):
         grid = MeteredGrid(grid)
     strategy.meter = grid
+    grid.strategy = strategy
     rounds = 1 if settings.strategy == "zeroshot" else settings.num_server_rounds
     if not settings.resume:
         writer.start()

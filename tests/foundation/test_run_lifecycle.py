@@ -1,6 +1,7 @@
 """results.json through failure, stop and resume; the status command scripts rely on."""
 
 import json
+import time
 
 import pytest
 
@@ -182,3 +183,26 @@ def test_status_without_results(tmp_path, capsys):
 def test_status_wait_gives_up_on_a_run_that_stays_running(tmp_path):
     write_json_atomic(tmp_path / "results.json", {"status": "running", "segments": []})
     assert status.main([str(tmp_path), "--wait", "0.2"]) == 3
+
+
+def test_a_simulation_too_small_for_the_strategy_fails_at_once(tmp_path):
+    sent = []
+
+    def hook(node_id, reply):
+        sent.append(node_id)
+        return reply
+
+    # Flower's default simulation has 2 SuperNodes; the default secfpp needs 5.
+    start = time.monotonic()
+    with pytest.raises(RunConfigError) as info:
+        run_federation(
+            2,
+            {"output-dir": str(tmp_path / "out"), "sim-state-root": str(tmp_path / "s")},
+            reply_hook=hook,
+            echo=lambda line: None,
+        )
+    assert time.monotonic() - start < 30
+    assert sent == []
+    message = str(info.value)
+    assert "2 simulated sites" in message and "num-supernodes=" in message
+    assert "secure-t=2" in message
