@@ -60,6 +60,58 @@ Limits
   2-means on distances to 3 centres may not pull them apart (a strict xfail test pins it).
 - Sites with no active member in their old group have no distance column; they take no part in
   merge or split decisions until measured again.
+
+Verified selection (:func:`plan_groups`, :func:`select_clusters`)
+-----------------------------------------------------------------
+A second rule, beside the one above, that re-selects ``k`` every round and can split from one
+cluster. It keeps a small :class:`SelectionState` between rounds (labels, the groups proposed for
+the next measurement, the score of the labels). Each round:
+
+1. Measure (:func:`plan_groups`): the server decodes the scaled distances of every active site to
+   the sums of a list of disjoint groups of active sites, each of at least ``min_cluster_size``
+   members. In the first round (no state) these are seeded balanced random landmark groups; later
+   the groups proposed at the end of the previous round (rule 4), restricted to the active sites.
+   Every proposed group lies inside one current cluster, so the current partition is a union of
+   measured groups and can be scored exactly.
+2. Score (:func:`partition_scores`): every way of merging the measured groups into ``2 ..
+   max_clusters`` clusters is scored exactly from the decoded numbers alone. The distance of a
+   site to the mean of a union of groups follows from the parallel-axis identity; a site's
+   distance to its *own* cluster is taken leave-one-out,
+   ``||z_i - mean(C minus i)||^2 = ||z_i - mean(C)||^2 * (|C| / (|C| - 1))^2``, so a site is never
+   measured against a mean it is part of. The score is the centroid silhouette
+   ``mean_i (sqrt(b_i) - sqrt(a_i)) / max(sqrt(a_i), sqrt(b_i))`` with ``a_i`` the leave-one-out
+   own distance and ``b_i`` the distance to the nearest other cluster. On structureless data
+   ``a_i`` is slightly *larger* than ``b_i`` in expectation (the own mean has one member fewer),
+   so the score sits at or below zero; well-separated clusters score near one.
+3. Decide, with hysteresis: from ``k = 1`` the best partition is accepted if its score reaches
+   ``score_threshold``. From ``k >= 2`` the current partition is kept while its own score stays
+   at or above ``score_threshold - margin``, unless another partition scores ``margin`` more
+   (and at least ``score_threshold``); when it falls below, the best partition is taken if it
+   reaches the threshold, else ``k = 1``. Inactive sites keep their cluster (mapped to the new
+   cluster holding most of their old cluster's active members). Then, while there are fewer than
+   ``max_clusters`` clusters, each cluster measured as two or more groups (largest first) is split
+   into the best-scoring partition of its own groups if that partition, scored on the cluster's
+   members alone, reaches ``score_threshold``, repeatedly until no cluster splits (a global silhouette can prefer a coarse partition
+   when two clusters are much closer to each other than to the rest; the local check still
+   separates them). Merging then re-splitting within one round leaves the partition unchanged, so
+   the two steps do not oscillate. Last, every active site moves to the cluster whose mean is
+   nearest (its own cluster's mean taken leave-one-out; ties stay), unless that leaves a cluster
+   below the floor, in which case the moves out of that cluster are undone. The labels' score is
+   the score of the partition before these moves (they are scored when next measured).
+4. Propose: the measured distances give every active site Euclidean coordinates
+   (:func:`profile_embedding`, landmark MDS). Each new cluster is cut by seeded k-means in those
+   coordinates into as many pieces as the size floor and ``max_groups`` allow (the largest piece
+   count whose pieces all meet the floor); those pieces are the next round's groups. When no
+   k-means cut meets the floor, the cluster is cut into seeded random balanced pieces instead, so
+   the next embedding sees its inner directions. A cluster too small to cut is one group.
+
+Limits of the verified selection: a site changes cluster only by the reassignment of rule 3 (or
+when its cluster is merged, split or dissolved), so with the floor binding (a cluster of exactly
+``min_cluster_size`` members) a misplaced site can stay; the number of candidate partitions grows as the
+Bell number of the group count, hence ``max_groups <= 10``; the proposal's coordinates come from
+groups that contain the sites themselves (the bias that made the old round-1 rule accept random
+landmark partitions), but proposals are only ever accepted after the leave-one-out check one
+round later, so the first accepted split comes in round 2 at the earliest.
 """
 
 from __future__ import annotations
@@ -76,6 +128,11 @@ from threadpoolctl import threadpool_limits
 
 __all__ = [
     "ClusteringConfig",
+    "SelectionConfig",
+    "SelectionState",
+    "partition_scores",
+    "plan_groups",
+    "select_clusters",
     "centre_sq_distances",
     "groups_from_labels",
     "initial_labels",
@@ -611,3 +668,490 @@ def _split_dispersed(
         new[moved] = next_label
         next_label += 1
     return new
+
+
+# --------------------------------------------------------------------------- verified selection
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Hyperparameters of the verified per-round selection (:func:`select_clusters`).
+
+    Parameters
+    ----------
+    max_clusters
+        Largest number of clusters, ``>= 1``.
+    min_cluster_size
+        Smallest cluster and smallest measured group, ``>= 2`` (a leave-one-out mean needs a
+        second member; ``>= 3`` keeps any decoded sum from being two sites' values, one of which
+        a colluding member knows).
+    max_groups
+        Most groups measured in one round, in ``[2, 10]``: each adds one decoded distance per site,
+        and the candidate partitions number at most the Bell number of the group count (115,975
+        for 10).
+    score_threshold
+        Smallest leave-one-out centroid silhouette at which a partition into ``k >= 2`` clusters
+        is accepted, in ``(-1, 1]``. Calibrated on federations without domain shift (see
+        ``benchmarks/cluster_study.py``), where it must keep ``k = 1``.
+    margin
+        Hysteresis, ``>= 0``: a kept partition is replaced only by one scoring ``margin`` more,
+        and dissolved only when its own score falls ``margin`` below the threshold.
+    seed
+        Seed of the first round's landmark groups and of every k-means run, ``>= 0``.
+    """
+
+    max_clusters: int = 4
+    min_cluster_size: int = 3
+    max_groups: int = 8
+    score_threshold: float = 0.3
+    margin: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("max_clusters", "min_cluster_size", "max_groups", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        for name in ("score_threshold", "margin"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value!r}")
+        if self.max_clusters < 1:
+            raise ValueError(f"max_clusters must be at least 1, got {self.max_clusters}")
+        if self.min_cluster_size < 2:
+            raise ValueError(f"min_cluster_size must be at least 2, got {self.min_cluster_size}")
+        if not 2 <= self.max_groups <= 10:
+            raise ValueError(f"max_groups must lie in [2, 10], got {self.max_groups}")
+        if not -1.0 < self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must lie in (-1, 1], got {self.score_threshold}")
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be non-negative, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class SelectionState:
+    """What the verified selection carries from one round to the next.
+
+    Attributes
+    ----------
+    labels
+        Cluster of every site, ``0..k-1`` by first appearance.
+    proposal
+        Disjoint groups to measure next round (each inside one cluster of ``labels``).
+    score
+        Leave-one-out centroid silhouette of ``labels`` when they were last measured; NaN for
+        ``k = 1``.
+    """
+
+    labels: tuple[int, ...]
+    proposal: tuple[tuple[int, ...], ...]
+    score: float = float("nan")
+
+    @property
+    def k(self) -> int:
+        """Number of clusters."""
+        return len(set(self.labels))
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (for a checkpoint)."""
+        return {
+            "labels": list(self.labels),
+            "proposal": [list(g) for g in self.proposal],
+            "score": None if math.isnan(self.score) else self.score,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> SelectionState:
+        """Inverse of :meth:`to_dict`."""
+        score = raw.get("score")
+        return cls(
+            labels=tuple(int(v) for v in raw["labels"]),
+            proposal=tuple(tuple(int(v) for v in g) for g in raw["proposal"]),
+            score=float("nan") if score is None else float(score),
+        )
+
+
+def plan_groups(
+    n_sites: int,
+    state: SelectionState | None,
+    config: SelectionConfig,
+    server_round: int,
+    active: np.ndarray | None = None,
+) -> list[list[int]]:
+    """The disjoint groups whose scaled distances the server decodes this round.
+
+    Parameters
+    ----------
+    n_sites
+        Number of sites (the length of every label vector).
+    state
+        The previous round's :class:`SelectionState`, or ``None`` in the first round.
+    config
+        Selection configuration.
+    server_round
+        The round number (seeds the first round's landmarks; any integer ``>= 0``).
+    active
+        ``(n_sites,)`` boolean mask of the sites that take part this round; ``None`` means all.
+
+    Returns
+    -------
+    list of list of int
+        Disjoint groups of active sites, ascending, together covering every active site, each of
+        at least ``min_cluster_size`` members, at most ``max_groups`` of them; every group lies
+        inside one current cluster when the active members of every cluster reach the floor.
+
+    Raises
+    ------
+    ValueError
+        If fewer than ``min_cluster_size`` sites are active.
+    """
+    mask = _as_active(active, n_sites)
+    floor = config.min_cluster_size
+    rows = np.flatnonzero(mask)
+    if rows.size < floor:
+        raise ValueError(
+            f"{rows.size} active sites cannot form a group of min_cluster_size ({floor})"
+        )
+    if state is None:
+        n_groups = max(1, min(config.max_groups, rows.size // floor))
+        order = np.random.default_rng([config.seed, server_round]).permutation(rows)
+        return sorted(sorted(int(i) for i in part) for part in np.array_split(order, n_groups))
+    if len(state.labels) != n_sites:
+        raise ValueError(f"state has {len(state.labels)} labels for {n_sites} sites")
+    labels = np.asarray(state.labels, dtype=int)
+    groups = [[i for i in g if mask[i]] for g in state.proposal]
+    groups = [g for g in groups if g]
+    placed = {i for g in groups for i in g}
+    for i in rows:
+        if int(i) in placed:
+            continue
+        # A site absent when the proposal was made joins the smallest group of its cluster.
+        own = [g for g in groups if labels[g[0]] == labels[i]] or groups
+        if own:
+            min(own, key=len).append(int(i))
+        else:
+            groups.append([int(i)])
+    while len(groups) > 1 and min(len(g) for g in groups) < floor:
+        small = min(range(len(groups)), key=lambda c: (len(groups[c]), groups[c][0]))
+        victim = groups.pop(small)
+        same = [g for g in groups if labels[g[0]] == labels[victim[0]]]
+        # Merging inside the cluster keeps the current partition a union of measured groups.
+        host = max(same or groups, key=len)
+        host.extend(victim)
+    while len(groups) > config.max_groups:
+        groups.sort(key=len)
+        first = groups.pop(0)
+        same = [g for g in groups if labels[g[0]] == labels[first[0]]]
+        min(same or groups, key=len).extend(first)
+    return sorted(sorted(g) for g in groups)
+
+
+def partition_scores(
+    scaled: np.ndarray, groups: list[list[int]], max_clusters: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Leave-one-out centroid silhouette of every partition of the groups into 2..k clusters.
+
+    Parameters
+    ----------
+    scaled
+        ``(n_sites, n_groups)`` decoded ``|| |G| z_i - sum_{m in G} z_m ||^2``; only the rows of
+        sites in some group are read.
+    groups
+        Disjoint groups the columns were measured against, each of at least two members.
+    max_clusters
+        Most clusters per candidate partition.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(candidates, scores)``: ``candidates[p, g]`` is the cluster of group ``g`` in
+        partition ``p`` (restricted growth strings, so each partition appears once) and
+        ``scores[p]`` its score (module docstring, rule 2). Empty when no partition has two
+        clusters.
+    """
+    scaled = np.asarray(scaled, dtype=float)
+    m = len(groups)
+    if scaled.ndim != 2 or scaled.shape[1] != m:
+        raise ValueError(f"scaled must have one column per group ({m}), got {scaled.shape}")
+    members = np.concatenate([np.asarray(g, dtype=int) for g in groups]) if m else np.empty(0)
+    member_of = np.concatenate([np.full(len(g), c) for c, g in enumerate(groups)]) if m else []
+    member_of = np.asarray(member_of, dtype=int)
+    sizes = np.array([len(g) for g in groups], dtype=float)
+    if np.any(sizes < 2) or np.unique(members).size != members.size:
+        raise ValueError("groups must be disjoint and have at least two members each")
+    dist = scaled[members] / sizes**2
+    if not np.all(np.isfinite(dist)):
+        raise ValueError("scaled must be finite on the rows of grouped sites")
+    weighted = _weighted_centre_distances(dist, member_of, sizes)
+    candidates = np.array(
+        [c for c in _growth_strings(m, max_clusters) if max(c) >= 1], dtype=int
+    ).reshape(-1, m)
+    scores = np.empty(len(candidates))
+    for p, cand in enumerate(candidates):
+        to_cl, n_cl = _union_distances(dist, sizes, weighted, cand)
+        own = cand[member_of]
+        rows = np.arange(members.size)
+        a = to_cl[rows, own] * (n_cl[own] / (n_cl[own] - 1.0)) ** 2
+        others = to_cl.copy()
+        others[rows, own] = np.inf
+        b = others.min(axis=1)
+        ra, rb = np.sqrt(a), np.sqrt(b)
+        top = np.maximum(ra, rb)
+        scores[p] = float(np.mean(np.where(top > 0, (rb - ra) / np.where(top > 0, top, 1), 0.0)))
+    return candidates, scores
+
+
+def select_clusters(
+    scaled: np.ndarray,
+    groups: list[list[int]],
+    state: SelectionState | None,
+    config: SelectionConfig,
+    server_round: int,
+    active: np.ndarray | None = None,
+) -> SelectionState:
+    """Pick this round's clusters and next round's groups from the decoded distances.
+
+    Parameters
+    ----------
+    scaled
+        ``(n_sites, n_groups)`` decoded scaled distances against ``groups`` (rows of inactive
+        sites are ignored and may be NaN).
+    groups
+        The groups :func:`plan_groups` returned for this round.
+    state
+        The previous round's state, or ``None`` in the first round.
+    config
+        Selection configuration.
+    server_round
+        Round number (seeds the proposal's k-means).
+    active
+        ``(n_sites,)`` boolean mask of the sites that took part; ``None`` means all.
+
+    Returns
+    -------
+    SelectionState
+        Labels of all sites (every cluster with at least ``min_cluster_size`` active members
+        this round), the groups to measure next round, and the labels' score.
+    """
+    scaled = np.asarray(scaled, dtype=float)
+    n = scaled.shape[0]
+    mask = _as_active(active, n)
+    floor = config.min_cluster_size
+    members = [int(i) for g in groups for i in g]
+    if sorted(members) != [int(i) for i in np.flatnonzero(mask)]:
+        raise ValueError("groups must partition exactly the active sites (use plan_groups)")
+    if any(len(g) < floor for g in groups):
+        raise ValueError(f"every group needs at least min_cluster_size ({floor}) members")
+    old = (
+        np.zeros(n, dtype=int) if state is None else _as_labels(np.asarray(state.labels, dtype=int))
+    )
+    if old.shape != (n,):
+        raise ValueError(f"state has {old.size} labels for {n} sites")
+    old_k_active = np.unique(old[mask]).size
+    candidates, scores = partition_scores(scaled, groups, config.max_clusters)
+
+    current = None
+    if state is not None and old_k_active >= 2:
+        per_group = [np.unique(old[g]) for g in groups]
+        if all(u.size == 1 for u in per_group):
+            cand = _relabel(np.array([int(u[0]) for u in per_group]))
+            match = np.flatnonzero((candidates == cand).all(axis=1))
+            if match.size:
+                current = int(match[0])
+
+    best = int(np.argmax(scores)) if scores.size else None
+    best_score = float(scores[best]) if best is not None else -np.inf
+    threshold, margin = config.score_threshold, config.margin
+    choice: int | None = None  # None: one cluster
+    if current is not None and scores[current] >= threshold - margin:
+        choice = current
+        if best_score >= max(threshold, scores[current] + margin):
+            choice = best
+    elif best_score >= threshold:
+        choice = best
+
+    group_of = np.full(n, -1)
+    for c, g in enumerate(groups):
+        group_of[g] = c
+    new = np.zeros(n, dtype=int)
+    if choice is not None:
+        new[mask] = candidates[choice][group_of[mask]]
+        for label in np.unique(old[~mask]):
+            # An absent site follows the new cluster that took most of its old cluster.
+            took = new[mask & (old == label)]
+            target = np.bincount(took).argmax() if took.size else np.bincount(new[mask]).argmax()
+            new[~mask & (old == label)] = target
+    while True:
+        # Split to a fixed point, so a global merge followed by re-splitting returns the same
+        # partition within the round instead of alternating across rounds.
+        split = _split_verified(new, scaled, groups, mask, config)
+        if np.array_equal(split, new):
+            break
+        new = split
+    if np.unique(new[mask]).size >= 2:
+        per_group = _relabel(np.array([new[g[0]] for g in groups]))
+        match = np.flatnonzero((candidates == per_group).all(axis=1))
+        score = float(scores[match[0]]) if match.size else float("nan")
+        new = _reassign(new, scaled, groups, config)
+    else:
+        score = float("nan")
+    new = _relabel(new)
+    proposal = _propose(scaled, groups, new, mask, config, server_round)
+    return SelectionState(
+        labels=tuple(int(v) for v in new),
+        proposal=tuple(tuple(g) for g in proposal),
+        score=score,
+    )
+
+
+def _weighted_centre_distances(
+    dist: np.ndarray, member_of: np.ndarray, sizes: np.ndarray
+) -> np.ndarray:
+    """``n_g n_h ||mu_g - mu_h||^2`` for every pair of measured groups (parallel-axis identity)."""
+    return sizes[:, None] * sizes[None, :] * centre_sq_distances(member_of, dist)
+
+
+def _union_distances(
+    dist: np.ndarray, sizes: np.ndarray, weighted: np.ndarray, cand: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distances of every row to the mean of each union of groups given by ``cand``, and sizes."""
+    onehot = np.eye(int(cand.max()) + 1)[cand]  # (m, k)
+    n_cl = sizes @ onehot
+    # Parallel-axis identity: the size-weighted mean of the distances to the parts exceeds the
+    # distance to the union's mean by the parts' spread around it.
+    spread = np.einsum("gk,gh,hk->k", onehot, weighted, onehot) / (2.0 * n_cl**2)
+    return np.maximum(dist @ (onehot * sizes[:, None] / n_cl) - spread, 0.0), n_cl
+
+
+def _reassign(
+    labels: np.ndarray,
+    scaled: np.ndarray,
+    groups: list[list[int]],
+    config: SelectionConfig,
+) -> np.ndarray:
+    """Rule 3c: move each measured site to its nearest cluster, leave-one-out, floor permitting."""
+    labels = labels.copy()
+    members = np.concatenate([np.asarray(g, dtype=int) for g in groups])
+    member_of = np.concatenate([np.full(len(g), c) for c, g in enumerate(groups)])
+    sizes = np.array([len(g) for g in groups], dtype=float)
+    cand = _relabel(np.array([labels[g[0]] for g in groups]))
+    if cand.max() < 1:
+        return labels
+    dist = scaled[members] / sizes**2
+    to_cl, n_cl = _union_distances(
+        dist, sizes, _weighted_centre_distances(dist, member_of, sizes), cand
+    )
+    own = cand[member_of]
+    rows = np.arange(members.size)
+    to_cl[rows, own] *= (n_cl[own] / (n_cl[own] - 1.0)) ** 2
+    target = np.argmin(to_cl, axis=1)
+    # Ties keep the current cluster, so equal distances never move a site back and forth.
+    target = np.where(to_cl[rows, target] < to_cl[rows, own], target, own)
+    label_of = {int(c): int(labels[g[0]]) for c, g in zip(cand, groups, strict=True)}
+    while True:
+        counts = np.bincount(target, minlength=n_cl.size)
+        short = np.flatnonzero(counts < config.min_cluster_size)
+        if not short.size:
+            break
+        # Undo the moves out of a cluster that fell below the floor; undoing only ever returns
+        # sites to clusters that held them, so this ends.
+        target = np.where(np.isin(own, short) & (target != own), own, target)
+    labels[members] = [label_of[int(t)] for t in target]
+    return labels
+
+
+def _split_verified(
+    labels: np.ndarray,
+    scaled: np.ndarray,
+    groups: list[list[int]],
+    mask: np.ndarray,
+    config: SelectionConfig,
+) -> np.ndarray:
+    """Rule 3b: split a cluster whose own pieces pass the leave-one-out check among themselves."""
+    labels = labels.copy()
+    cols_of: dict[int, list[int]] = {}
+    for c, g in enumerate(groups):
+        cols_of.setdefault(int(labels[g[0]]), []).append(c)
+    # Largest clusters first: they hide the most structure; a split is judged on the cluster's
+    # members alone, against the same threshold as a whole partition.
+    for label in sorted(cols_of, key=lambda c: (-sum(len(groups[g]) for g in cols_of[c]), c)):
+        room = config.max_clusters - np.unique(labels[mask]).size
+        cols = cols_of[label]
+        if room < 1 or len(cols) < 2:
+            continue
+        cand, scores = partition_scores(scaled[:, cols], [groups[c] for c in cols], room + 1)
+        if not scores.size or scores.max() < config.score_threshold:
+            continue
+        best = cand[int(np.argmax(scores))]
+        top = int(labels.max())
+        for part, c in zip(best, cols, strict=True):
+            if part > 0:
+                labels[groups[c]] = top + part
+    return labels
+
+
+def _growth_strings(m: int, max_blocks: int):
+    """Restricted growth strings of length ``m`` with at most ``max_blocks`` blocks."""
+    if m == 0:
+        return
+    string = [0] * m
+
+    def extend(pos: int, top: int):
+        if pos == m:
+            yield list(string)
+            return
+        for v in range(min(top + 2, max_blocks)):
+            string[pos] = v
+            yield from extend(pos + 1, max(top, v))
+
+    yield from extend(1, 0)
+
+
+def _propose(
+    scaled: np.ndarray,
+    groups: list[list[int]],
+    labels: np.ndarray,
+    mask: np.ndarray,
+    config: SelectionConfig,
+    server_round: int,
+) -> list[list[int]]:
+    """Cut every cluster's active members into pieces that meet the floor (rule 4)."""
+    floor = config.min_cluster_size
+    rows = np.flatnonzero(mask)
+    index = {int(i): r for r, i in enumerate(rows)}
+    local_groups = [[index[int(i)] for i in g] for g in groups]
+    sizes = np.array([len(g) for g in groups], dtype=float)
+    coords = profile_embedding(scaled[rows] / sizes**2, local_groups)
+    clusters = [rows[labels[rows] == c] for c in np.unique(labels[rows])]
+    pieces = [1] * len(clusters)
+    budget = config.max_groups - len(clusters)
+    while budget > 0:
+        # The cluster with the most members per piece gets the next piece, if it can afford it.
+        affordable = [c for c, m in enumerate(clusters) if m.size // floor > pieces[c]]
+        if not affordable:
+            break
+        c = max(affordable, key=lambda c: (clusters[c].size / pieces[c], -c))
+        pieces[c] += 1
+        budget -= 1
+    out: list[list[int]] = []
+    seed = (config.seed * 1_000_003 + server_round) % (2**31)
+    for c, members in enumerate(clusters):
+        parts = [members]
+        for q in range(pieces[c], 1, -1):
+            cut = _kmeans(coords[[index[int(i)] for i in members]], q, seed)
+            sizes_q = np.bincount(cut, minlength=q)
+            if sizes_q.min() >= floor:
+                parts = [members[cut == p] for p in range(q)]
+                break
+        if len(parts) == 1 and pieces[c] > 1:
+            # No floor-feasible k-means cut: measure random balanced pieces instead. One group
+            # per cluster would hide the cluster's inner directions from the next embedding (it
+            # only sees the span of the measured means); random pieces span them generically.
+            order = np.random.default_rng([config.seed, server_round, c]).permutation(members)
+            parts = list(np.array_split(order, pieces[c]))
+        out.extend(sorted(int(i) for i in p) for p in parts)
+    return sorted(out)

@@ -8,10 +8,15 @@ import numpy as np
 
 from ..site_config import SiteConfig
 from .domains import DOMAINS, render
-from .partition import domain_of, partition_indices, train_test_split
+from .partition import domain_of, label_convention, partition_indices, train_test_split
 from .sources import DIGIT_NAMES, FASHION_NAMES, digits_glyphs, fashion_mnist_glyphs, image_folder
 
-__all__ = ["SiteData", "load_site_data", "DOMAINS"]
+__all__ = ["SiteData", "load_site_data", "DOMAINS", "CONFLICT_SOURCES", "label_convention"]
+
+# Conflicting-label settings: the base embedded source's images and visual domains, with the
+# site group's class convention applied to the labels (group = visual domain, so a site's image
+# statistics reveal its group; see label_convention for the literature and the choice).
+CONFLICT_SOURCES = {"digits-label-swap": "digits-domains"}
 
 
 @dataclass(frozen=True)
@@ -55,14 +60,15 @@ def load_site_data(config: SiteConfig) -> SiteData:
         The site's train and test images.
     """
     d = config.data
-    if d.source == "image-folder":
+    base = CONFLICT_SOURCES.get(d.source, d.source)
+    if base == "image-folder":
         images, labels, names = image_folder(d.root, d.class_names, d.image_size)
         indices = np.arange(len(labels))
         domain = "image-folder"
     else:
         glyphs, labels, names = (
             (*digits_glyphs(), DIGIT_NAMES)
-            if d.source == "digits-domains"
+            if base == "digits-domains"
             else (*fashion_mnist_glyphs(), FASHION_NAMES)
         )
         parts = partition_indices(
@@ -71,6 +77,9 @@ def load_site_data(config: SiteConfig) -> SiteData:
         indices = parts[d.partition_id]
         domain = DOMAINS[domain_of(d.partition_id, d.num_domains)]
         labels = labels[indices]
+        if d.source in CONFLICT_SOURCES:
+            group = domain_of(d.partition_id, d.num_domains)
+            labels = label_convention(group, len(names))[labels]
         images = None  # rendered after the optional subset, to skip work on unused images
     rng = np.random.default_rng([config.seed, d.partition_id, 1])
     if d.max_images and len(labels) > d.max_images:

@@ -75,3 +75,31 @@ def train_test_split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarra
     order = np.random.default_rng(seed).permutation(n)
     n_test = min(n - 1, max(1, round(test_fraction * n))) if n > 1 else 0
     return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def label_convention(group: int, num_classes: int) -> np.ndarray:
+    """The class convention of a site group in a conflicting-label setting.
+
+    Group ``g`` names the image of true class ``y`` as class ``(y + g) mod num_classes``: group 0
+    keeps the data set's convention, every other group shifts all names by ``g``. This is the
+    permuted-label construction of the clustered-FL literature (label-swapped clusters in
+    Sattler et al., 2020, CFL; permuted-label clusters in Ghosh et al., 2020, IFCA), taken to the
+    limit where two groups disagree on *every* class, so no single shared classifier (here: one
+    shared prompt ``P_G`` over fixed class names) can serve two groups.
+
+    Parameters
+    ----------
+    group : int
+        The site's group, ``>= 0`` (``partition_id mod num_domains``).
+    num_classes : int
+        Number of classes, ``>= 2``; groups ``g`` and ``g + num_classes`` share a convention.
+
+    Returns
+    -------
+    np.ndarray
+        ``(num_classes,)`` int64 permutation ``perm`` with ``perm[y]`` the label group ``group``
+        gives an image of true class ``y``.
+    """
+    if group < 0 or num_classes < 2:
+        raise ValueError(f"expected group >= 0 and num_classes >= 2, got {group}, {num_classes}")
+    return (np.arange(num_classes, dtype=np.int64) + group) % num_classes
