@@ -65,6 +65,17 @@ class ClientSettings:
             return value
 
         seed = get("seed", 0)
+        # The ServerApp checks these before any site works (server_app/config_check.py); a site
+        # repeats the checks it depends on so a bad value is named here too, not deep in the
+        # data split or the prompt learner.
+        for key, default, ok, words in (
+            ("n-ctx", 4, lambda v: v >= 1, "an integer >= 1"),
+            ("num-domains", 4, lambda v: 1 <= v <= 4, "an integer in [1, 4]"),
+            ("dirichlet-alpha", 0.5, lambda v: v > 0, "a number > 0"),
+        ):
+            value = get(key, default)
+            if not ok(value):
+                raise ValueError(f"run config '{key}' = {value!r}: expected {words}")
         return cls(
             backbone=get("backbone", "two-tower"),
             n_ctx=get("n-ctx", 4),

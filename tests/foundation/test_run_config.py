@@ -157,3 +157,11 @@ def test_the_documented_minimum_table_matches_the_rule():
             )[0]
             row = f"| `secfpp`, `clustered` | {k} | {t} | {need} |"
             assert row in text, f"{doc.name} lacks the row {row}"
+
+
+@pytest.mark.parametrize("key,value", [("n-ctx", 0), ("num-domains", 0), ("dirichlet-alpha", 0.0)])
+def test_a_site_names_the_key_too(key, value):
+    from client_app.settings import ClientSettings
+
+    with pytest.raises(ValueError, match=f"run config '{key}' = {value!r}: expected"):
+        ClientSettings.from_run_config({**DEFAULTS, key: value})
