@@ -17,6 +17,7 @@ from client_app.app import app as client_app
 from server_app.app import run_server
 from server_app.inprocess_grid import InProcessGrid, ReplyHook
 from server_app.results import ResultsWriter
+from strategies.metering import MeteredGrid
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -33,6 +34,12 @@ class FederationRun:
 
     writer: ResultsWriter
     grid: InProcessGrid
+    meter: MeteredGrid
+
+    @property
+    def views(self) -> list:
+        """What the SecFPP server learned, round by round (empty for other strategies)."""
+        return list(getattr(self.meter.strategy, "views", []))
     run_config: dict[str, Any]
     final_arrays: ArrayRecord
 
@@ -73,7 +80,8 @@ def run_federation(
     if node_configs is None:
         node_configs = [{"partition-id": i, "num-partitions": num_sites} for i in range(num_sites)]
     grid = InProcessGrid(client_app, node_configs, run_config, reply_hook=reply_hook)
-    writer, result = run_server(grid, run_config, echo=echo)
+    meter = MeteredGrid(grid)
+    writer, result = run_server(meter, run_config, echo=echo)
     return FederationRun(
-        writer=writer, grid=grid, run_config=run_config, final_arrays=result.arrays
+        writer=writer, grid=grid, meter=meter, run_config=run_config, final_arrays=result.arrays
     )

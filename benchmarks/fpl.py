@@ -65,11 +65,34 @@ def _parse_value(text: str):
         return text
 
 
-def clustering_summary(run, records, sites: int) -> dict:
-    """The SecFPP-specific figures: assignments, agreement with the true domains, costs."""
+def true_domains(records, num_sites: int, num_domains: int) -> dict[str, int]:
+    """Each simulated site's domain, from the simulation's own partition (never from a site)."""
+    from client_app.data.partition import domain_of
+
+    num_domains = min(num_domains, num_sites)
+    return {f"site-{i}": domain_of(i, num_domains) for i in range(num_sites)}
+
+
+def cost_summary(run, records, sites: int) -> dict:
+    """Exchanges, bytes both ways and seconds of the whole run, from the one meter."""
+    totals = run.meter.totals()
+    trained = max(1, sum(1 for r in records if r.train_metrics or r.extra.get("assignment")))
+    rounds = max(1, len(records))
+    return {
+        "exchanges_total": totals.exchanges,
+        "exchanges_per_round": [r.cost.get("exchanges") for r in records],
+        "bytes_up_per_site_round": totals.bytes_up / (sites * rounds),
+        "bytes_down_per_site_round": totals.bytes_down / (sites * rounds),
+        "seconds_train_per_site_round": totals.seconds_train_site / (sites * trained),
+        "seconds_crypto_site_per_site_round": totals.seconds_crypto_site / (sites * trained),
+        "seconds_crypto_server_per_round": totals.seconds_crypto_server / trained,
+    }
+
+
+def clustering_summary(records, domains: dict[str, int]) -> dict:
+    """Assignments per round and their agreement with the true domains."""
     from sklearn.metrics import adjusted_rand_score
 
-    domains = {s.site_id: s.domain for r in records for s in r.sites}
     assignments = [r.extra.get("assignment") for r in records]
     ari = [
         adjusted_rand_score([domains[s] for s in sorted(a)], [a[s] for s in sorted(a)])
@@ -77,32 +100,11 @@ def clustering_summary(run, records, sites: int) -> dict:
         else None
         for a in assignments
     ]
-    exchanges = [r.extra.get("exchanges") for r in records if r.extra.get("exchanges")]
-    secpc_replies = [
-        w.message().content
-        for w in run.grid.wire
-        if w.direction == "up" and w.message_type == "query.secpc"
-    ]
-    secpc_crypto = [
-        float(c["metrics"]["crypto-seconds"])
-        for c in secpc_replies
-        if "metrics" in c.metric_records
-    ]
-    trained = [r for r in records if r.train_metrics]
-    seal = sum(r.train_metrics.get("crypto-seconds", 0.0) for r in trained) / max(1, len(trained))
-    answer = sum(secpc_crypto) / max(1, len(trained) * sites)
-    train = sum(r.train_metrics.get("train-seconds", 0.0) for r in trained) / max(1, len(trained))
-    steady = [run.grid.bytes_sent("up", message_type=t) for t in ("train", "query.secpc")]
     return {
         "assignments": assignments,
+        "num_clusters_per_round": [r.extra.get("num_clusters") for r in records],
         "adjusted_rand_index_vs_domains_per_round": ari,
         "adjusted_rand_index_vs_domains": ari[-1] if ari else None,
-        "exchanges_per_round": exchanges,
-        "exchanges_per_round_steady_state": max(exchanges[1:]) if len(exchanges) > 1 else None,
-        "bytes_up_per_site_round": sum(steady) / max(1, sites * len(trained)),
-        "seconds_crypto_per_site_round": seal + answer,
-        "seconds_train_per_site_round": train,
-        "crypto_over_train": (seal + answer) / train if train else None,
     }
 
 
@@ -139,8 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.perf_counter() - start
     records = run.writer.records
     final = records[-1]
-    up_bytes = run.grid.bytes_sent("up", message_type="train")
-    train_rounds = sum(1 for r in records if r.train_metrics)
+    domains = true_domains(records, args.sites, int(run.run_config["num-domains"]))
     result = {
         "method": args.method,
         "dataset": args.dataset,
@@ -150,17 +151,20 @@ def main(argv: list[str] | None = None) -> dict:
         "mean_personalized_accuracy": final.mean_accuracy,
         "worst_site_accuracy": final.worst_accuracy,
         "per_site_accuracy": {s.site_id: s.accuracy for s in final.sites},
-        "per_site_domain": {s.site_id: s.domain for s in final.sites},
+        "per_site_domain": {s.site_id: domains.get(s.site_id) for s in final.sites},
         "mean_accuracy_per_round": [r.mean_accuracy for r in records],
         "seconds_total": seconds,
-        "seconds_train_per_site_round": (
-            sum(r.train_metrics.get("train-seconds", 0.0) for r in records) / max(1, train_rounds)
-        ),
-        "bytes_up_per_site_round": up_bytes / max(1, args.sites * max(1, train_rounds)),
+        **cost_summary(run, records, args.sites),
         "run_config": {k: v for k, v in run.run_config.items()},
     }
+    result["crypto_over_train"] = (
+        (result["seconds_crypto_site_per_site_round"] + result["seconds_crypto_server_per_round"])
+        / result["seconds_train_per_site_round"]
+        if result["seconds_train_per_site_round"]
+        else None
+    )
     if args.method in ("secfpp", "clustered"):
-        result.update(clustering_summary(run, records, args.sites))
+        result.update(clustering_summary(records, domains))
     if args.out:
         out = Path(args.out).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,6 @@ from .settings import ClientSettings, site_config_from_context
 log = logging.getLogger("secfpp.client")
 
 GLOBAL_KEY = "global-ctx"
-OFFSET_KEY = "global-offset"
 #: Clustered modes train like ``hierarchical`` but share differently: ``secfpp`` seals secret
 #: shares of the update and of z_i; ``clustered`` (the ablation twin) sends them in the clear.
 CLUSTER_MODES = ("secfpp", "clustered")
@@ -54,26 +53,28 @@ def _mode(config: ConfigRecord, allowed: tuple[str, ...]) -> str:
 
 
 def _received_global(message: Message, runtime: SiteRuntime) -> torch.Tensor | None:
-    """The ``P_G`` the server sent: in full (baselines) or as an offset from the initial one.
-
-    SecFPP's server holds cluster prompts as offsets from the public initial prompt, which
-    depends on the backbone and is computed by the sites only.
-    """
+    """The ``P_G`` a baseline server sent in full, if any."""
     records = message.content.array_records
-    if "arrays" not in records:
-        return None
-    arrays = records["arrays"]
-    if GLOBAL_KEY in arrays:
-        return torch.from_numpy(arrays[GLOBAL_KEY].numpy().copy())
-    if OFFSET_KEY in arrays:
-        offset = torch.from_numpy(arrays[OFFSET_KEY].numpy().astype("float32"))
-        if offset.numel() != runtime.global_init.numel():
-            raise ValueError(
-                f"'{OFFSET_KEY}' has {offset.numel()} values, this site's prompt has "
-                f"{runtime.global_init.numel()} (another backbone or n-ctx?)"
-            )
-        return runtime.global_init + offset.reshape(runtime.global_init.shape)
+    if "arrays" in records and GLOBAL_KEY in records["arrays"]:
+        return torch.from_numpy(records["arrays"][GLOBAL_KEY].numpy().copy())
     return None
+
+
+def _from_offset(offset, runtime: SiteRuntime) -> torch.Tensor | None:
+    """SecFPP's ``P_G`` from the offset the server sent.
+
+    The server holds cluster prompts as offsets from the public initial prompt, which depends
+    on the backbone and is computed by the sites only.
+    """
+    if offset is None:
+        return None
+    offset = torch.from_numpy(offset.astype("float32"))
+    if offset.numel() != runtime.global_init.numel():
+        raise ValueError(
+            f"the received P_G offset has {offset.numel()} values, this site's prompt has "
+            f"{runtime.global_init.numel()} (another backbone or n-ctx?)"
+        )
+    return runtime.global_init + offset.reshape(runtime.global_init.shape)
 
 
 def _restore_private(
@@ -128,49 +129,38 @@ def _assemble_prompt(
     return prompt
 
 
+def _train_config(
+    training: dict, settings, runtime: SiteRuntime, server_round: int, use_local: bool
+) -> TrainConfig:
+    return TrainConfig(
+        epochs=int(training.get("local-epochs", 2)),
+        batch_size=int(training.get("batch-size", 32)),
+        lr=float(training.get("learning-rate", 0.01)),
+        train_global=True,
+        train_local=use_local,
+        use_local=use_local,
+        seed=settings.seed * 100_003 + server_round * 1_009 + runtime.config.data.partition_id,
+    )
+
+
 def train(message: Message, context: Context) -> Message:
     """Train ``P_G`` (a copy) and ``P_L`` locally; reply with ``P_G`` only when it is shared."""
-    runtime, settings = _runtime(context)
     config = _config(message)
     mode = _mode(config, TRAIN_MODES)
+    if mode in CLUSTER_MODES:
+        return train_clustered(message, context)
+    runtime, settings = _runtime(context)
     server_round = int(config["server-round"])
     stored = _restore_private(context, runtime, settings.run_name, server_round - 1)
-    received = _received_global(message, runtime)
-    prompt = _assemble_prompt(runtime, mode, received, stored)
+    prompt = _assemble_prompt(runtime, mode, _received_global(message, runtime), stored)
     use_local = mode != "global"
-    metrics: dict[str, float | int] = {}
-    if mode in CLUSTER_MODES:
-        # Evaluation rides on the train message: the prompt as the last round left it.
-        pre_loss, pre_acc = evaluate_prompt(
-            runtime.backbone,
-            prompt,
-            runtime.text_inputs,
-            runtime.test_features,
-            runtime.test_labels,
-        )
-        metrics.update(
-            {
-                "pre-accuracy": pre_acc,
-                "pre-loss": pre_loss,
-                "test-examples": int(runtime.test_labels.numel()),
-            }
-        )
-        base_global = prompt.global_ctx.detach().clone()
     result = train_prompt(
         runtime.backbone,
         prompt,
         runtime.text_inputs,
         runtime.train_features,
         runtime.train_labels,
-        TrainConfig(
-            epochs=int(config.get("local-epochs", 2)),
-            batch_size=int(config.get("batch-size", 32)),
-            lr=float(config.get("learning-rate", 0.01)),
-            train_global=True,
-            train_local=use_local,
-            use_local=use_local,
-            seed=settings.seed * 100_003 + server_round * 1_009 + runtime.config.data.partition_id,
-        ),
+        _train_config(dict(config), settings, runtime, server_round, use_local),
     )
     _keep_private(
         context,
@@ -182,6 +172,24 @@ def train(message: Message, context: Context) -> Message:
             global_ctx=prompt.global_ctx.detach() if mode == "local" else None,
         ),
     )
+    _log_training(runtime, server_round, result)
+    content = RecordDict({"site": ConfigRecord({"site-id": runtime.config.site_id})})
+    if mode != "local":
+        content["arrays"] = ArrayRecord(
+            {GLOBAL_KEY: Array(prompt.global_ctx.detach().cpu().numpy())}
+        )
+    content["metrics"] = MetricRecord(
+        {
+            "num-examples": result.num_examples,
+            "train-loss": result.loss,
+            "train-accuracy": result.accuracy,
+            "train-seconds": result.seconds,
+        }
+    )
+    return Message(content, reply_to=message)
+
+
+def _log_training(runtime: SiteRuntime, server_round: int, result) -> None:
     log.info(
         "%s round %d: train loss %.4f acc %.3f (%d examples, %.2fs)",
         runtime.config.site_id,
@@ -191,58 +199,89 @@ def train(message: Message, context: Context) -> Message:
         result.num_examples,
         result.seconds,
     )
-    metrics.update(
-        {
-            "num-examples": result.num_examples,
-            "train-loss": result.loss,
-            "train-accuracy": result.accuracy,
-            "train-seconds": result.seconds,
-        }
+
+
+def train_clustered(message: Message, context: Context) -> Message:
+    """SecFPP and its twin: evaluate, train, and share the update and descriptor.
+
+    Evaluation rides on the train message (the prompt as the last round left it). A SecFPP site
+    that lost its session key (a restart) re-announces a fresh one instead of training; the
+    server re-admits it from the next round.
+    """
+    from secpc import messages as wire
+    from secpc.protocol import append_stats, clip, reduce_prompt
+
+    request = wire.TrainRequest.from_content(message.content)
+    if request.mode == "secfpp":
+        from .secure_handlers import announce, has_session_key
+
+        if not has_session_key(context):
+            settings = ClientSettings.from_run_config(dict(context.run_config))
+            site = site_config_from_context(dict(context.node_config), settings)
+            announcement, _ = announce(context, site)
+            log.warning("%s: no session key for this run (restarted?); re-announcing", site.site_id)
+            return Message(
+                wire.TrainReply(site.site_id, rekey=announcement).to_content(), reply_to=message
+            )
+    runtime, settings = _runtime(context)
+    server_round = request.server_round
+    stored = _restore_private(context, runtime, settings.run_name, server_round - 1)
+    prompt = _assemble_prompt(runtime, request.mode, _from_offset(request.offset, runtime), stored)
+    pre_loss, pre_acc = evaluate_prompt(
+        runtime.backbone, prompt, runtime.text_inputs, runtime.test_features, runtime.test_labels
     )
-    content = RecordDict(
-        {"site": ConfigRecord({"site-id": runtime.config.site_id, "domain": runtime.data.domain})}
+    base_global = prompt.global_ctx.detach().clone()
+    result = train_prompt(
+        runtime.backbone,
+        prompt,
+        runtime.text_inputs,
+        runtime.train_features,
+        runtime.train_labels,
+        _train_config(request.training, settings, runtime, server_round, True),
     )
-    if mode in CLUSTER_MODES:
-        _attach_cluster_payload(
-            content, metrics, context, config, mode, runtime, prompt, base_global
-        )
-    elif mode != "local":
-        content["arrays"] = ArrayRecord(
-            {GLOBAL_KEY: Array(prompt.global_ctx.detach().cpu().numpy())}
-        )
-    content["metrics"] = MetricRecord(metrics)
-    return Message(content, reply_to=message)
-
-
-def _attach_cluster_payload(
-    content: RecordDict,
-    metrics: dict,
-    context: Context,
-    config: ConfigRecord,
-    mode: str,
-    runtime: SiteRuntime,
-    prompt: HierarchicalPrompt,
-    base_global: torch.Tensor,
-) -> None:
-    """Add the round's update and reduced prompt: sealed shares, or plaintext for the twin."""
-    from secpc.protocol import ProtocolConfig, clip, reduce_prompt
-
-    protocol = ProtocolConfig.from_config(config)
-    update = (prompt.global_ctx.detach() - base_global).cpu().double().numpy()
-    metrics["update-dim"] = int(update.size)
+    _keep_private(
+        context,
+        runtime,
+        StoredPrompt(
+            run_name=settings.run_name,
+            server_round=server_round,
+            local_ctx=prompt.local_ctx.detach(),
+            global_ctx=None,
+        ),
+    )
+    _log_training(runtime, server_round, result)
+    protocol = request.protocol
+    update = (prompt.global_ctx.detach() - base_global).cpu().double().numpy().ravel()
     offset = prompt.personalized() - runtime.global_init.to(runtime.device).unsqueeze(0)
     z = reduce_prompt(offset.cpu().double().numpy(), protocol)
-    if mode == "secfpp":
+    _, clipped_u = clip(update, protocol.update_bound)
+    _, clipped_z = clip(z, protocol.z_bound)
+    # Training statistics ride on the secure sums: the server sees only cluster means of them.
+    stats = (
+        result.accuracy,
+        min(result.loss / 10.0, 1.0),
+        clipped_u / max(1, update.size),
+        clipped_z / max(1, z.size),
+        1.0,
+    )
+    shared = append_stats(update, stats, protocol)
+    reply = wire.TrainReply(
+        site_id=runtime.config.site_id,
+        evaluation=wire.Evaluation(pre_acc, pre_loss, int(runtime.test_labels.numel())),
+        update_dim=int(update.size),
+        train_seconds=result.seconds,
+    )
+    if request.mode == "secfpp":
         from .secure_handlers import seal_shares
 
-        sealed, stats = seal_shares(context, config, update, z)
-        content["shares"] = sealed
-        metrics.update(stats)
+        reply.shares, figures = seal_shares(context, request, shared, z)
+        reply.crypto_seconds = figures["crypto-seconds"]
     else:
-        update, clipped_u = clip(update.ravel(), protocol.update_bound)
-        z, clipped_z = clip(z, protocol.z_bound)
-        content["plain"] = ArrayRecord({"update": Array(update), "z": Array(z)})
-        metrics.update({"clipped-update": clipped_u, "clipped-z": clipped_z, "crypto-seconds": 0.0})
+        reply.plain = (
+            clip(shared, protocol.update_bound)[0],
+            clip(z, protocol.z_bound)[0],
+        )
+    return Message(reply.to_content(), reply_to=message)
 
 
 def evaluate(message: Message, context: Context) -> Message:
@@ -252,7 +291,14 @@ def evaluate(message: Message, context: Context) -> Message:
     mode = _mode(config, EVAL_MODES)
     server_round = int(config["server-round"])
     stored = _restore_private(context, runtime, settings.run_name, server_round)
-    prompt = _assemble_prompt(runtime, mode, _received_global(message, runtime), stored)
+    if mode in CLUSTER_MODES:
+        from secpc import messages as wire
+
+        request = wire.EvaluateRequest.from_content(message.content)
+        received = _from_offset(request.offset, runtime)
+    else:
+        received = _received_global(message, runtime)
+    prompt = _assemble_prompt(runtime, mode, received, stored)
     loss, accuracy = evaluate_prompt(
         runtime.backbone,
         prompt,
@@ -261,19 +307,19 @@ def evaluate(message: Message, context: Context) -> Message:
         runtime.test_labels,
         use_local=mode in ("hierarchical", "local", *CLUSTER_MODES),
     )
+    examples = int(runtime.test_labels.numel())
+    if mode in CLUSTER_MODES:
+        reply = wire.EvaluateReply(
+            runtime.config.site_id, wire.Evaluation(accuracy, loss, examples)
+        )
+        return Message(reply.to_content(), reply_to=message)
     return Message(
         RecordDict(
             {
                 "metrics": MetricRecord(
-                    {
-                        "num-examples": int(runtime.test_labels.numel()),
-                        "accuracy": accuracy,
-                        "loss": loss,
-                    }
+                    {"num-examples": examples, "accuracy": accuracy, "loss": loss}
                 ),
-                "site": ConfigRecord(
-                    {"site-id": runtime.config.site_id, "domain": runtime.data.domain}
-                ),
+                "site": ConfigRecord({"site-id": runtime.config.site_id}),
             }
         ),
         reply_to=message,

@@ -17,7 +17,12 @@ from functools import lru_cache
 
 import numpy as np
 
-from .errors import MalformedMessageError
+from .errors import (
+    MalformedMessageError,
+    NotEnoughAnswersError,
+    ValueBoundError,
+    WrapAroundError,
+)
 from .lcc import blinding_shares, coded_scaled_distances, coded_sum, decode, share
 from .params import SecureParams, check_no_wraparound, dequantize, quantize
 from .serialize import pack_field_arrays, unpack_field_arrays
@@ -53,7 +58,7 @@ class ProtocolConfig:
     update_scale_bits: int = 24
     update_bound: float = 1.0
     z_dim: int = 32
-    z_scale_bits: int = 16
+    z_scale_bits: int = 12
     z_bound: float = 8.0
     projection_seed: int = 0
 
@@ -78,15 +83,24 @@ class ProtocolConfig:
             k=self.k, t=self.t, scale_bits=self.z_scale_bits, value_bound=self.z_bound
         )
 
-    def check(self, n_sites: int, update_dim: int) -> None:
+    def check(self, n_sites: int, update_dim: int = 1) -> None:
         """Refuse settings that cannot decode or could wrap around, naming what to change.
+
+        Parameters
+        ----------
+        n_sites : int
+            The most sites whose values one decoded result can combine (the participants of
+            a round, or the whole federation when checked before round 1).
+        update_dim : int
+            Length of the shared update (the linear bound does not depend on it).
 
         Raises
         ------
         ValueError
             If ``n_sites`` is below the degree-2 threshold ``2(k+t-1)+1``.
         WrapAroundError
-            If a sum or distance could exceed the field.
+            If a sum or distance could exceed the field; the message names the run-config
+            key and the largest value of it that fits.
         """
         need = self.z_params.quadratic_threshold
         if n_sites < need:
@@ -95,8 +109,24 @@ class ProtocolConfig:
                 f"the distance step, but only {n_sites} are sampled: lower secure-t or secure-k, "
                 "or add sites"
             )
-        check_no_wraparound(update_dim, n_sites, 1, self.update_params)
-        check_no_wraparound(self.z_dim, n_sites, 2, self.z_params)
+        for key, dim, degree, params in (
+            ("update-scale-bits", update_dim, 1, self.update_params),
+            ("z-scale-bits", self.z_dim, 2, self.z_params),
+        ):
+            try:
+                check_no_wraparound(dim, n_sites, degree, params)
+            except WrapAroundError as exc:
+                fix = (
+                    f"set {key}={exc.suggestion} or lower"
+                    if exc.parameter == "scale_bits"
+                    else "lower z-dim or the number of sites"
+                )
+                raise WrapAroundError(
+                    f"run config '{key}' = {params.scale_bits} can wrap around the field with "
+                    f"{n_sites} sites: {fix} ({exc})",
+                    parameter=key,
+                    suggestion=exc.suggestion,
+                ) from exc
 
     def to_config(self) -> dict[str, int | float]:
         """Flat ``secure-*`` keys for a Flower ConfigRecord."""
@@ -248,6 +278,9 @@ def participant_answer(
         distances[:, filled] = coded_scaled_distances(
             z_rows, [list(dist_groups[c]) for c in filled], zp, blinding=blinding[:, filled]
         )
+        # Rows of participants that shared nothing would hold ||S_C||^2: answer zero instead.
+        absent = [i for i in range(n_participants) if i not in unpacked]
+        distances[absent] = 0
     return sums, distances
 
 
@@ -352,3 +385,115 @@ def groups_from_labels(labels: Sequence[int], count: int | None = None) -> list[
     if count is None:
         count = max(labels, default=-1) + 1
     return [[i for i, x in enumerate(labels) if x == c] for c in range(count)]
+
+
+def append_stats(update: np.ndarray, stats: Sequence[float], config: ProtocolConfig) -> np.ndarray:
+    """The update with per-site statistics appended, to be summed securely with it.
+
+    Each statistic must lie in ``[0, 1]``; it is scaled by ``update_bound`` so that clipping
+    leaves it intact. The server decodes only the cluster sum (so cluster means) of each.
+    """
+    values = np.clip(np.asarray(stats, dtype=np.float64), 0.0, 1.0) * config.update_bound
+    return np.concatenate([np.ravel(update).astype(np.float64), values])
+
+
+def split_stats(
+    sums: np.ndarray, n_stats: int, config: ProtocolConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`append_stats` on decoded sums: ``(update sums, statistic sums)``."""
+    return sums[:, :-n_stats], sums[:, -n_stats:] / config.update_bound
+
+
+def check_decoded(
+    sums: np.ndarray,
+    sum_sizes: Sequence[int],
+    distances: np.ndarray,
+    dist_sizes: Sequence[int],
+    config: ProtocolConfig,
+) -> None:
+    """Refuse decoded values that no honest set of clipped inputs can produce.
+
+    A cluster sum of ``n`` clipped updates lies in ``[-n b, n b]`` per value (``b`` the
+    update bound, plus the quantization rounding); a scaled distance to a group of ``n`` lies
+    in ``[0, z_dim (2 n b_z)^2]``. Anything outside is a wrong answer or a dishonest sharer,
+    never a prompt.
+
+    Raises
+    ------
+    ValueBoundError
+        Naming the first group whose decoded value is out of range.
+    """
+    slack = 2.0**-config.update_scale_bits
+    for g, n in enumerate(sum_sizes):
+        if (
+            n
+            and sums.shape[1]
+            and float(np.max(np.abs(sums[g]))) > n * (config.update_bound + slack)
+        ):
+            raise ValueBoundError(
+                f"decoded sum of group {g} ({n} sites) exceeds {n} x update-bound: a wrong answer"
+                " or a sharer that broke the clipping bound"
+            )
+    z_slack = 2.0**-config.z_scale_bits
+    for c, n in enumerate(dist_sizes):
+        if not n:
+            continue
+        column = distances[:, c]
+        top = config.z_dim * (2 * n * (config.z_bound + z_slack)) ** 2
+        if np.any(column < -1e-9) or np.any(column > top):
+            raise ValueBoundError(
+                f"decoded distances to group {c} ({n} sites) leave [0, {top:.3g}]: a wrong answer"
+            )
+
+
+def decode_robust_answers(
+    answers: Mapping[int, np.ndarray], length: int | None, degree: int, config: ProtocolConfig
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Decode every value of a round once, locating wrong answers, as floats.
+
+    Parameters
+    ----------
+    answers : mapping
+        Participant index to its answer: sums ``(n_groups, L, R)`` (``degree=1``) or distances
+        ``(n_participants, n_groups, R)`` (``degree=2``).
+    length : int or None
+        The summed vector's length (degree 1).
+    degree : int
+        1 for cluster sums, 2 for scaled distances.
+    config : ProtocolConfig
+        The round's parameters.
+
+    Returns
+    -------
+    tuple
+        ``(values, wrong)``: ``(n_groups, length)`` sums or ``(n_participants, n_groups)``
+        distances, and the participant indices whose answers error correction found wrong.
+
+    Raises
+    ------
+    NotEnoughAnswersError
+        Below the threshold.
+    SecureProtocolError
+        When the answers are inconsistent beyond what the redundancy can correct.
+    """
+    from .lcc import decode_robust
+
+    params = config.update_params if degree == 1 else config.z_params
+    if len(answers) < params.threshold(degree):
+        raise NotEnoughAnswersError(params.threshold(degree), len(answers), degree)
+    if degree == 2:
+        shape = next(iter(answers.values())).shape
+        value, wrong = decode_robust(dict(answers), params, 2, shape=shape)
+        return dequantize(value, params, 2), tuple(wrong)
+    shape = next(iter(answers.values())).shape
+    n_groups = shape[0]
+    if n_groups == 0:
+        return np.zeros((0, length or 0)), ()
+    values, bad = [], set()
+    for g in range(n_groups):
+        value, wrong = decode_robust(
+            {j: a[g] for j, a in answers.items()}, params, 1, length=length
+        )
+        values.append(dequantize(value, params, 1))
+        bad |= set(wrong)
+    return np.stack(values), tuple(sorted(bad))

@@ -65,7 +65,7 @@ class ServerSettings:
     update_scale_bits: int = 24
     update_bound: float = 1.0
     z_dim: int = 32
-    z_scale_bits: int = 16
+    z_scale_bits: int = 12
     z_bound: float = 8.0
     max_clusters: int = 4
     min_cluster_size: int = 3

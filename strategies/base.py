@@ -18,6 +18,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from .metering import MeteredGrid
+
 log = logging.getLogger("secfpp.server")
 
 
@@ -62,7 +64,6 @@ class SiteResult:
 
     node_id: int
     site_id: str
-    domain: str
     accuracy: float
     loss: float
     num_examples: int
@@ -84,6 +85,9 @@ class RoundRecord:
         Wall-clock time of the round on the server.
     extra : dict
         Strategy-specific facts (e.g. cluster assignments), JSON-serialisable.
+    cost : dict
+        Exchanges, bytes both ways and seconds of the round, from
+        :class:`strategies.metering.MeteredGrid` (the same clock for every strategy).
     """
 
     server_round: int
@@ -91,6 +95,7 @@ class RoundRecord:
     train_metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    cost: dict = field(default_factory=dict)
 
     @property
     def mean_accuracy(self) -> float:
@@ -153,6 +158,8 @@ class PromptStrategy(FedAvg):
         self.records: list[RoundRecord] = []
         self._current: RoundRecord | None = None
         self._round_start = 0.0
+        #: Set by the ServerApp: the metering grid every exchange goes through.
+        self.meter: MeteredGrid | None = None
 
     @classmethod
     def from_settings(cls, settings, on_round_end=None, checkpoint_path=None) -> PromptStrategy:
@@ -230,6 +237,8 @@ class PromptStrategy(FedAvg):
     def _publish(self, record: RoundRecord) -> None:
         """Sort the round's sites, keep the record, and hand it to ``on_round_end``."""
         record.sites.sort(key=lambda s: natural_key(s.site_id))
+        if self.meter is not None:
+            record.cost = self.meter.cost(record.server_round).to_json()
         self.records.append(record)
         if self.on_round_end is not None:
             self.on_round_end(record)
@@ -242,17 +251,15 @@ def site_result(
     loss_key: str = "loss",
     count_key: str = "num-examples",
 ) -> SiteResult:
-    """One site's evaluation, read from a reply's ``metrics`` (and ``site`` domain) records.
+    """One site's evaluation, read from a reply's ``metrics`` record.
 
     The keys differ between an ``evaluate`` reply and the evaluation a SecFPP ``train`` reply
     carries (``pre-accuracy``, ``pre-loss``, ``test-examples``).
     """
     metrics = reply.content["metrics"]
-    site = reply.content.config_records.get("site", ConfigRecord())
     return SiteResult(
         node_id=reply.metadata.src_node_id,
         site_id=site_id,
-        domain=str(site.get("domain", "")),
         accuracy=float(metrics[accuracy_key]),
         loss=float(metrics[loss_key]),
         num_examples=int(metrics[count_key]),
