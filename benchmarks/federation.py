@@ -40,6 +40,7 @@ class FederationRun:
     def views(self) -> list:
         """What the SecFPP server learned, round by round (empty for other strategies)."""
         return list(getattr(self.meter.strategy, "views", []))
+
     run_config: dict[str, Any]
     final_arrays: ArrayRecord
 
