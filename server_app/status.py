@@ -13,6 +13,10 @@ code  meaning
 3     still ``running`` (after ``--wait`` seconds, if given), or killed without a word
 4     no readable ``results.json``, or it belongs to another run (``--run-id``)
 ====  ==========================================================================
+
+With ``--run-id ID --connection NAME`` a file that cannot tell (still ``running`` because the
+ServerApp was killed, e.g. by ``flwr stop`` in simulation; or missing) is settled by asking
+Flower (``flwr ls --run-id ID NAME --format json``: ``finished:failed`` and so on).
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ from pathlib import Path
 from typing import Any
 
 EXIT_CODES = {"completed": 0, "failed": 1, "stopped": 2, "running": 3}
+#: Flower's final run states (``flwr ls --format json``) in our terms.
+FLOWER_STATES = {
+    "finished:completed": "completed",
+    "finished:failed": "failed",
+    "finished:stopped": "stopped",
+}
 #: No results file, an unreadable one, or one written by another run.
 EXIT_NO_RESULTS = 4
 
@@ -64,6 +74,23 @@ def describe(doc: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def flower_run_status(run_id: int, connection: str) -> str | None:
+    """Flower's own status of a run (``finished:failed`` etc.), or ``None`` if unavailable.
+
+    Used when ``results.json`` cannot say: a ServerApp killed by ``flwr stop`` in simulation,
+    or a run refused before it could write anything.
+    """
+    import subprocess
+
+    argv = ["flwr", "ls", "--run-id", str(run_id), connection, "--format", "json"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        runs = json.loads(done.stdout[done.stdout.index("{") :]).get("runs", [])
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+    return str(runs[0].get("status")) if runs else None
+
+
 def _run_ids(doc: dict[str, Any]) -> list[int]:
     return [s["run_id"] for s in doc.get("segments", []) if s.get("run_id") is not None]
 
@@ -90,21 +117,35 @@ def main(argv: list[str] | None = None) -> int:
         help="Flower run id (printed by `flwr run`): fail with 4 if the file was not written "
         "by this run (e.g. it was refused before it could write anything)",
     )
+    parser.add_argument(
+        "--connection",
+        default=None,
+        help="with --run-id: ask this flwr connection (e.g. 'local') for the run's final state "
+        "when results.json cannot tell (still 'running', missing, or another run's)",
+    )
     parser.add_argument("--json", action="store_true", help="print the whole document")
     args = parser.parse_args(argv)
 
     deadline = time.monotonic() + max(args.wait, 0.0)
     while True:
         doc, problem = read_status(args.results)
-        running = doc is not None and doc.get("status") == "running"
-        if not running or time.monotonic() >= deadline:
+        if args.run_id is not None and doc is not None and args.run_id not in _run_ids(doc):
+            problem = f"the file was written by run(s) {_run_ids(doc)}, not {args.run_id}"
+            doc = None
+        if doc is not None and doc.get("status") != "running":
+            break
+        # The file cannot tell (missing, another run's, or 'running' after a kill): Flower can.
+        if args.run_id is not None and args.connection:
+            flower = flower_run_status(args.run_id, args.connection)
+            if flower in FLOWER_STATES:
+                said = problem if doc is None else "results.json still says running"
+                print(f"{FLOWER_STATES[flower]} (Flower: {flower}; {said})")
+                return EXIT_CODES[FLOWER_STATES[flower]]
+        if time.monotonic() >= deadline:
             break
         time.sleep(min(2.0, max(deadline - time.monotonic(), 0.0)))
     if doc is None:
         print(f"no results: {problem}")
-        return EXIT_NO_RESULTS
-    if args.run_id is not None and args.run_id not in _run_ids(doc):
-        print(f"no results of run {args.run_id}: the file was written by run(s) {_run_ids(doc)}")
         return EXIT_NO_RESULTS
     print(json.dumps(doc, indent=2) if args.json else describe(doc))
     return EXIT_CODES.get(doc.get("status"), EXIT_NO_RESULTS)

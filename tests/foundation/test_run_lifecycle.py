@@ -206,3 +206,19 @@ def test_a_simulation_too_small_for_the_strategy_fails_at_once(tmp_path):
     message = str(info.value)
     assert "2 simulated sites" in message and "num-supernodes=" in message
     assert "secure-t=2" in message
+
+
+@pytest.mark.parametrize(
+    "flower,code", [("finished:stopped", 2), ("finished:failed", 1), ("running", 3), (None, 3)]
+)
+def test_status_asks_flower_when_the_file_cannot_tell(tmp_path, monkeypatch, flower, code):
+    # In simulation `flwr stop` kills the ServerApp before it can write: the file says running.
+    write_json_atomic(tmp_path / "results.json", {"status": "running", "segments": [{"run_id": 7}]})
+    asked = []
+    monkeypatch.setattr(
+        status, "flower_run_status", lambda run_id, conn: asked.append((run_id, conn)) or flower
+    )
+    assert status.main([str(tmp_path), "--run-id", "7", "--connection", "local"]) == code
+    assert asked == [(7, "local")]
+    # Without --connection nothing is asked.
+    assert status.main([str(tmp_path), "--run-id", "7"]) == 3 and len(asked) == 1
