@@ -52,11 +52,28 @@ BAD = {
     "split-ratio": 0.0,
     "merge-ratio": -0.5,
     "site-identities": "/nonexistent/site-identities.yaml",
+    "site-wait-timeout": -1.0,
+    "dp": "laplace",
+    "dp-epsilon": 0.0,
+    "dp-delta": 1.0,
+    "dp-clip": 0.0,
 }
 
 
-def test_schema_covers_exactly_the_keys_of_pyproject():
-    assert set(SCHEMA) == set(DEFAULTS)
+def test_schema_has_a_range_check_for_every_key_of_pyproject():
+    # A new key in [tool.flwr.app.config] needs an entry in server_app/config_check.py SCHEMA
+    # (and a bad value in BAD below).
+    assert set(DEFAULTS) <= set(SCHEMA)
+
+
+def test_a_key_only_server_settings_knows_is_type_checked_not_refused(monkeypatch):
+    from server_app import config_check
+
+    monkeypatch.delitem(config_check.SCHEMA, "round-timeout")
+    checked, _ = check_run_config({**DEFAULTS, "round-timeout": 5})
+    assert checked["round-timeout"] == 5.0
+    with pytest.raises(RunConfigError, match="'round-timeout' = 'soon': expected a number"):
+        check_run_config({**DEFAULTS, "round-timeout": "soon"})
 
 
 def test_the_shipped_defaults_pass():
