@@ -58,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mean-weight", type=float, default=1.0)
     parser.add_argument("--std-weight", type=float, default=1.0)
     parser.add_argument("--prompt-weight", type=float, default=1.0)
+    parser.add_argument(
+        "--z-scale-bits", type=int, default=12, help="quantize z as SecPC would (2^-bits grid)"
+    )
+    parser.add_argument("--z-bound", type=float, default=8.0, help="clip z as SecPC would")
     parser.add_argument("--max-clusters", type=int, default=4)
     parser.add_argument("--min-cluster-size", type=int, default=3)
     parser.add_argument("--max-groups", type=int, default=8)
@@ -208,7 +212,9 @@ def run_study(args: argparse.Namespace, runtimes: list, share: str) -> dict:
                 )
             offset = (prompt.personalized() - rt.global_init.unsqueeze(0)).double().numpy()
             z.append(site_descriptor(offset, rt.train_features.numpy(), descriptor))
-        z = np.stack(z)
+        # What SecPC encodes: z clipped to [-z_bound, z_bound] and rounded to the 2^-bits grid.
+        z = np.round(np.clip(np.stack(z), -args.z_bound, args.z_bound) * 2.0**args.z_scale_bits)
+        z = z / 2.0**args.z_scale_bits
         groups = plan_groups(n, state, selection, r)
         scaled = plain_scaled_distances({i: z[i] for i in range(n)}, n, groups)
         _, scores = partition_scores(scaled, groups, selection.max_clusters)
