@@ -217,8 +217,13 @@ class ResultsWriter:
         self.echo(f"results: {self.results_path} (status: {status})")
 
     def fail(self, exc: BaseException) -> None:
-        """Record ``exc`` as the reason the run failed (``stopped`` for an outside stop)."""
-        stopped = isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == (
+        """Record ``exc`` as the reason the run failed (``stopped`` for an outside stop).
+
+        An outside stop reaches the ServerApp as Ctrl-C (``KeyboardInterrupt``), as Flower's
+        signal handler exiting the ``flwr-serverapp`` process (``SystemExit``), or as the grid
+        noticing the run was stopped (Flower's ``RunNotRunningException``).
+        """
+        stopped = isinstance(exc, KeyboardInterrupt | SystemExit) or type(exc).__name__ == (
             "RunNotRunningException"
         )
         message = f"{type(exc).__name__}: {exc}".strip().rstrip(":")

@@ -222,3 +222,18 @@ def test_status_asks_flower_when_the_file_cannot_tell(tmp_path, monkeypatch, flo
     assert asked == [(7, "local")]
     # Without --connection nothing is asked.
     assert status.main([str(tmp_path), "--run-id", "7"]) == 3 and len(asked) == 1
+
+
+@pytest.mark.parametrize(
+    "exc,state",
+    [(SystemExit(0), "stopped"), (KeyboardInterrupt(), "stopped"), (OSError("disk"), "failed")],
+)
+def test_how_an_exception_is_recorded(tmp_path, exc, state):
+    from server_app.results import ResultsWriter
+
+    writer = ResultsWriter(tmp_path, {"strategy": "local"}, echo=lambda line: None)
+    writer.start()
+    writer.fail(exc)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["status"] == state
+    assert doc["error"].startswith(type(exc).__name__)
