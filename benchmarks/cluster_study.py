@@ -70,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--share", default="", help="comma list of none,all,oracle,selected (P_G averaging)"
     )
+    parser.add_argument(
+        "--rule-seeds",
+        type=int,
+        default=0,
+        help="with --local-epochs 0: also rerun the rule with seeds 0..N-1 on the fixed descriptors",
+    )
     parser.add_argument("--state-root", default="~/.cache/secfpp/study")
     parser.add_argument("--out", default=None, help="write the JSON result here too")
     return parser.parse_args(argv)
@@ -271,6 +277,77 @@ def run_study(args: argparse.Namespace, runtimes: list, share: str) -> dict:
     }
 
 
+def rule_seed_sweep(args: argparse.Namespace, runtimes: list) -> dict:
+    """The rule's own randomness (landmarks, k-means) over many seeds, on fixed descriptors."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from client_app.data.partition import domain_of
+    from prompts.descriptor import DescriptorConfig, site_descriptor
+    from secpc.protocol import plain_scaled_distances
+    from strategies.clustering import (
+        SelectionConfig,
+        partition_scores,
+        plan_groups,
+        select_clusters,
+    )
+
+    n = len(runtimes)
+    truth = np.array([domain_of(i, args.num_domains) for i in range(n)])
+    descriptor = DescriptorConfig(
+        block_dim=args.block_dim,
+        mean_weight=args.mean_weight,
+        std_weight=args.std_weight,
+        prompt_weight=args.prompt_weight,
+        seed=args.seed,
+    )
+    z = np.stack(
+        [site_descriptor(np.zeros(1), rt.train_features.numpy(), descriptor) for rt in runtimes]
+    )
+    z = np.round(np.clip(z, -args.z_bound, args.z_bound) * 2.0**args.z_scale_bits)
+    z = z / 2.0**args.z_scale_bits
+    finals = []
+    for seed in range(args.rule_seeds):
+        overrides = {
+            k: v
+            for k, v in (("score_threshold", args.score_threshold), ("margin", args.margin))
+            if v is not None
+        }
+        config = SelectionConfig(
+            max_clusters=args.max_clusters,
+            min_cluster_size=args.min_cluster_size,
+            max_groups=args.max_groups,
+            seed=seed,
+            **overrides,
+        )
+        state, ks, best = None, [], -1.0
+        for r in range(1, args.rounds + 1):
+            groups = plan_groups(n, state, config, r)
+            scaled = plain_scaled_distances({i: z[i] for i in range(n)}, n, groups)
+            _, scores = partition_scores(scaled, groups, config.max_clusters)
+            best = max(best, float(scores.max()) if scores.size else -1.0)
+            state = select_clusters(scaled, groups, state, config, r)
+            ks.append(state.k)
+        finals.append(
+            {
+                "seed": seed,
+                "k": ks,
+                "final_ari": float(adjusted_rand_score(truth, state.labels)),
+                "best_candidate_score": round(best, 4),
+            }
+        )
+    return {
+        "seeds": args.rule_seeds,
+        "final_k_counts": {
+            str(k): sum(f["k"][-1] == k for f in finals)
+            for k in sorted({f["k"][-1] for f in finals})
+        },
+        "final_ari_min": min(f["final_ari"] for f in finals),
+        "final_ari_mean": float(np.mean([f["final_ari"] for f in finals])),
+        "best_candidate_score_max": max(f["best_candidate_score"] for f in finals),
+        "per_seed": finals,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the study and print one JSON object as the last line."""
     import torch
@@ -285,6 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
     if bad:
         raise SystemExit(f"--share: unknown value {bad[0]!r}")
     runs = [run_study(args, runtimes, share) for share in shares]
+    sweep = rule_seed_sweep(args, runtimes) if args.rule_seeds and not args.local_epochs else None
     result = {
         "dataset": args.dataset,
         "sites": args.sites,
@@ -295,6 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
         "local_epochs": args.local_epochs,
         "max_images": args.max_images,
         "runs": runs,
+        "rule_seed_sweep": sweep,
         "seconds_load": round(loaded, 1),
         "seconds_total": round(time.perf_counter() - start, 1),
     }
