@@ -30,6 +30,9 @@ CLUSTER_MODES = ("secfpp", "clustered")
 TRAIN_MODES = (*MODES, *CLUSTER_MODES)
 EVAL_MODES = (*TRAIN_MODES, "zeroshot")
 _STATE_ARRAYS = "private-prompt"
+#: Suffix of the slot that holds a round's ``P_L`` until the server commits the round.
+PENDING = ".pending"
+_DP_HISTORY = "dp-sgd-history"
 _STATE_META = "private-prompt-meta"
 
 
@@ -80,11 +83,15 @@ def _from_offset(offset, runtime: SiteRuntime) -> torch.Tensor | None:
 def _restore_private(
     context: Context, runtime: SiteRuntime, run_name: str, newest_round: int
 ) -> StoredPrompt | None:
-    """The site's private parts for this run, from memory or disk, if not newer than allowed."""
+    """The site's private parts for this run, from memory or disk, if not newer than allowed.
+
+    ``run_name`` may carry the :data:`PENDING` suffix: SecFPP keeps a round's new ``P_L``
+    pending until the server says it committed that round.
+    """
     stored = None
-    if _STATE_ARRAYS in context.state.array_records:
-        meta = context.state[_STATE_META]
-        arrays = context.state[_STATE_ARRAYS]
+    if _STATE_ARRAYS + run_name in context.state.array_records:
+        meta = context.state[_STATE_META + run_name]
+        arrays = context.state[_STATE_ARRAYS + run_name]
         stored = StoredPrompt(
             run_name=str(meta["run-name"]),
             server_round=int(meta["server-round"]),
@@ -108,11 +115,40 @@ def _keep_private(context: Context, runtime: SiteRuntime, stored: StoredPrompt) 
     arrays = {"local-ctx": Array(stored.local_ctx.detach().cpu().numpy())}
     if stored.global_ctx is not None:
         arrays["global-ctx"] = Array(stored.global_ctx.detach().cpu().numpy())
-    context.state[_STATE_ARRAYS] = ArrayRecord(arrays)
-    context.state[_STATE_META] = ConfigRecord(
+    context.state[_STATE_ARRAYS + stored.run_name] = ArrayRecord(arrays)
+    context.state[_STATE_META + stored.run_name] = ConfigRecord(
         {"run-name": stored.run_name, "server-round": stored.server_round}
     )
     LocalPromptStore(runtime.config.state_path).save(stored)
+
+
+def _committed_private(
+    context: Context, runtime: SiteRuntime, run_name: str, committed_round: int
+) -> StoredPrompt | None:
+    """SecFPP's two-phase ``P_L``: promote the pending round once the server committed it.
+
+    A round the server skipped (it keeps the previous prompts) is rolled back here too: its
+    pending ``P_L`` is dropped, so site and server stay in step.
+    """
+    pending = _restore_private(context, runtime, run_name + PENDING, 1 << 62)
+    if pending is not None:
+        if pending.server_round <= committed_round:
+            _keep_private(
+                context,
+                runtime,
+                StoredPrompt(run_name, pending.server_round, pending.local_ctx, pending.global_ctx),
+            )
+        else:
+            log.info(
+                "%s: round %d was not committed by the server; its P_L is dropped",
+                runtime.config.site_id,
+                pending.server_round,
+            )
+        for name in (_STATE_ARRAYS + run_name + PENDING, _STATE_META + run_name + PENDING):
+            if name in context.state:
+                del context.state[name]
+        LocalPromptStore(runtime.config.state_path).path(run_name + PENDING).unlink(missing_ok=True)
+    return _restore_private(context, runtime, run_name, committed_round)
 
 
 def _assemble_prompt(
@@ -130,17 +166,61 @@ def _assemble_prompt(
 
 
 def _train_config(
-    training: dict, settings, runtime: SiteRuntime, server_round: int, use_local: bool
+    training: dict, context: Context, runtime: SiteRuntime, server_round: int, use_local: bool
 ) -> TrainConfig:
+    settings = ClientSettings.from_run_config(dict(context.run_config))
+    epochs = int(training.get("local-epochs", 2))
     return TrainConfig(
-        epochs=int(training.get("local-epochs", 2)),
+        epochs=epochs,
         batch_size=int(training.get("batch-size", 32)),
         lr=float(training.get("learning-rate", 0.01)),
         train_global=True,
         train_local=use_local,
         use_local=use_local,
         seed=settings.seed * 100_003 + server_round * 1_009 + runtime.config.data.partition_id,
+        dp=_dp_sgd(context, epochs),
     )
+
+
+def _dp_sgd(context: Context, epochs: int):
+    """DP-SGD settings when the run asks for ``dp = "dp-sgd"`` (else ``None``).
+
+    The budget covers the whole run: ``num-server-rounds x local-epochs`` planned epochs.
+    """
+    run = dict(context.run_config)
+    if run.get("dp", "none") != "dp-sgd":
+        return None
+    from prompts.dp import DPSGDConfig
+
+    return DPSGDConfig(
+        max_grad_norm=float(run.get("dp-clip", 1.0)),
+        target_delta=float(run.get("dp-delta", 1e-5)),
+        target_epsilon=float(run.get("dp-epsilon", 8.0)),
+        planned_epochs=int(run.get("num-server-rounds", 1)) * epochs,
+    )
+
+
+def _train(runtime: SiteRuntime, prompt, config: TrainConfig, context: Context):
+    """Train, carrying the DP-SGD accountant's history across rounds in the site's state."""
+    import json
+
+    history = ()
+    if config.dp is not None and _DP_HISTORY in context.state.config_records:
+        history = json.loads(str(context.state[_DP_HISTORY]["history"]))
+    result = train_prompt(
+        runtime.backbone,
+        prompt,
+        runtime.text_inputs,
+        runtime.train_features,
+        runtime.train_labels,
+        config,
+        dp_history=history,
+    )
+    if config.dp is not None:
+        context.state[_DP_HISTORY] = ConfigRecord(
+            {"history": json.dumps([list(h) for h in result.dp_history])}
+        )
+    return result
 
 
 def train(message: Message, context: Context) -> Message:
@@ -154,13 +234,11 @@ def train(message: Message, context: Context) -> Message:
     stored = _restore_private(context, runtime, settings.run_name, server_round - 1)
     prompt = _assemble_prompt(runtime, mode, _received_global(message, runtime), stored)
     use_local = mode != "global"
-    result = train_prompt(
-        runtime.backbone,
+    result = _train(
+        runtime,
         prompt,
-        runtime.text_inputs,
-        runtime.train_features,
-        runtime.train_labels,
-        _train_config(dict(config), settings, runtime, server_round, use_local),
+        _train_config(dict(config), context, runtime, server_round, use_local),
+        context,
     )
     _keep_private(
         context,
@@ -184,6 +262,7 @@ def train(message: Message, context: Context) -> Message:
             "train-loss": result.loss,
             "train-accuracy": result.accuracy,
             "train-seconds": result.seconds,
+            **({"epsilon": result.epsilon} if result.epsilon is not None else {}),
         }
     )
     return Message(content, reply_to=message)
@@ -225,25 +304,23 @@ def train_clustered(message: Message, context: Context) -> Message:
             )
     runtime, settings = _runtime(context)
     server_round = request.server_round
-    stored = _restore_private(context, runtime, settings.run_name, server_round - 1)
+    stored = _committed_private(context, runtime, settings.run_name, request.committed_round)
     prompt = _assemble_prompt(runtime, request.mode, _from_offset(request.offset, runtime), stored)
     pre_loss, pre_acc = evaluate_prompt(
         runtime.backbone, prompt, runtime.text_inputs, runtime.test_features, runtime.test_labels
     )
     base_global = prompt.global_ctx.detach().clone()
-    result = train_prompt(
-        runtime.backbone,
+    result = _train(
+        runtime,
         prompt,
-        runtime.text_inputs,
-        runtime.train_features,
-        runtime.train_labels,
-        _train_config(request.training, settings, runtime, server_round, True),
+        _train_config(request.training, context, runtime, server_round, True),
+        context,
     )
     _keep_private(
         context,
         runtime,
         StoredPrompt(
-            run_name=settings.run_name,
+            run_name=settings.run_name + PENDING,
             server_round=server_round,
             local_ctx=prompt.local_ctx.detach(),
             global_ctx=None,
@@ -256,10 +333,15 @@ def train_clustered(message: Message, context: Context) -> Message:
     z = reduce_prompt(offset.cpu().double().numpy(), protocol)
     _, clipped_u = clip(update, protocol.update_bound)
     _, clipped_z = clip(z, protocol.z_bound)
+    if protocol.dp_epsilon:
+        # Distributed DP: the update's L2 norm is bounded before the statistics are appended.
+        update = _l2_clip(update, protocol.dp_clip)
     # Training statistics ride on the secure sums: the server sees only cluster means of them.
+    # DP-SGD does not cover loss and accuracy computed without noise, so they are not shared.
+    covered = result.epsilon is None
     stats = (
-        result.accuracy,
-        min(result.loss / 10.0, 1.0),
+        result.accuracy if covered else 0.0,
+        min(result.loss / 10.0, 1.0) if covered else 0.0,
         clipped_u / max(1, update.size),
         clipped_z / max(1, z.size),
         1.0,
@@ -270,6 +352,7 @@ def train_clustered(message: Message, context: Context) -> Message:
         evaluation=wire.Evaluation(pre_acc, pre_loss, int(runtime.test_labels.numel())),
         update_dim=int(update.size),
         train_seconds=result.seconds,
+        epsilon=result.epsilon,
     )
     if request.mode == "secfpp":
         from .secure_handlers import seal_shares
@@ -290,14 +373,15 @@ def evaluate(message: Message, context: Context) -> Message:
     config = _config(message)
     mode = _mode(config, EVAL_MODES)
     server_round = int(config["server-round"])
-    stored = _restore_private(context, runtime, settings.run_name, server_round)
     if mode in CLUSTER_MODES:
         from secpc import messages as wire
 
         request = wire.EvaluateRequest.from_content(message.content)
         received = _from_offset(request.offset, runtime)
+        stored = _committed_private(context, runtime, settings.run_name, request.committed_round)
     else:
         received = _received_global(message, runtime)
+        stored = _restore_private(context, runtime, settings.run_name, server_round)
     prompt = _assemble_prompt(runtime, mode, received, stored)
     loss, accuracy = evaluate_prompt(
         runtime.backbone,
@@ -324,3 +408,11 @@ def evaluate(message: Message, context: Context) -> Message:
         ),
         reply_to=message,
     )
+
+
+def _l2_clip(values, bound: float):
+    """Scale ``values`` down to L2 norm ``bound`` if it is larger."""
+    import numpy as np
+
+    norm = float(np.linalg.norm(values))
+    return values * (bound / norm) if norm > bound else values

@@ -26,6 +26,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from .errors import MalformedMessageError
+from .protocol import UPDATE_STATS as UPDATE_STATS  # re-exported: part of the wire format
 from .protocol import ProtocolConfig
 
 # -- message types --------------------------------------------------------------------------
@@ -49,6 +50,7 @@ KEYS = "keysetup"
 # -- keys -----------------------------------------------------------------------------------
 SITE_ID = "site-id"
 SERVER_ROUND = "server-round"
+COMMITTED_ROUND = "committed-round"
 MODE = "mode"
 ANNOUNCEMENT = "announcement"
 IDENTITY_PUBLIC = "identity-public"
@@ -68,6 +70,7 @@ TEST_EXAMPLES = "test-examples"
 UPDATE_DIM = "update-dim"
 TRAIN_SECONDS = "train-seconds"
 CRYPTO_SECONDS = "crypto-seconds"
+EPSILON = "epsilon"
 REKEY = "rekey-announcement"
 SUMS = "sums"
 DISTANCES = "distances"
@@ -75,10 +78,6 @@ UPDATE = "update"
 Z = "z"
 REASON = "reason"
 
-#: Statistics a site appends to its ``P_G`` update so that they are summed securely per
-#: cluster instead of being sent in the clear. Each is scaled into ``[0, 1]`` (the update's
-#: clipping bound is at least 1), so the server learns only cluster means of them.
-UPDATE_STATS = ("train-accuracy", "train-loss/10", "clipped-update", "clipped-z", "one")
 
 #: Everything a site may send in the clear in SecFPP, as ``(record, key)``.
 SITE_CLEAR_FIELDS: frozenset[tuple[str, str]] = frozenset(
@@ -94,6 +93,7 @@ SITE_CLEAR_FIELDS: frozenset[tuple[str, str]] = frozenset(
         (METRICS, UPDATE_DIM),
         (METRICS, TRAIN_SECONDS),
         (METRICS, CRYPTO_SECONDS),
+        (METRICS, EPSILON),
         (SHARES, "*"),
         (ANSWER, SUMS),
         (ANSWER, DISTANCES),
@@ -113,6 +113,7 @@ SITE_CLEAR_MEANING: dict[tuple[str, str], str] = {
     (METRICS, UPDATE_DIM): "the size of P_G (public: backbone width times n-ctx)",
     (METRICS, TRAIN_SECONDS): "seconds of local training (cost accounting)",
     (METRICS, CRYPTO_SECONDS): "seconds of sharing, sealing and answering (cost accounting)",
+    (METRICS, EPSILON): "with dp = dp-sgd: the site's privacy loss so far (accountant's epsilon)",
     (SHARES, "*"): "one AES-GCM ciphertext per peer: the peer's LCC shares (opaque to the server)",
     (ANSWER, SUMS): "coded cluster sums (LCC evaluations; reveal only the decoded sums)",
     (ANSWER, DISTANCES): "coded, blinded scaled distances (reveal only the decoded distances)",
@@ -280,6 +281,9 @@ class TrainRequest:
         The directory (SecFPP only).
     offset : np.ndarray or None
         The cluster's ``P_G`` as an offset from the public initial prompt.
+    committed_round : int
+        The last round the server committed: a site keeps a round's ``P_L`` pending until
+        then, and drops it if the server skipped that round.
     """
 
     server_round: int
@@ -290,11 +294,13 @@ class TrainRequest:
     n_dist_groups: int
     keys: KeyDirectoryView = field(default_factory=KeyDirectoryView)
     offset: np.ndarray | None = None
+    committed_round: int = 0
 
     def to_content(self) -> RecordDict:
         """Flower content."""
         cfg = {
             **self.training,
+            COMMITTED_ROUND: self.committed_round,
             **self.protocol.to_config(),
             SERVER_ROUND: self.server_round,
             MODE: self.mode,
@@ -325,6 +331,7 @@ class TrainRequest:
             n_dist_groups=_get(cfg, N_DIST_GROUPS, int, CONFIG),
             keys=KeyDirectoryView.from_config(cfg) if KEY_DIRECTORY in cfg else KeyDirectoryView(),
             offset=offset,
+            committed_round=_get(cfg, COMMITTED_ROUND, int, CONFIG),
         )
 
 
@@ -365,6 +372,7 @@ class TrainReply:
     update_dim: int = 0
     train_seconds: float = 0.0
     crypto_seconds: float = 0.0
+    epsilon: float | None = None
     shares: dict[str, bytes] | None = None
     plain: tuple[np.ndarray, np.ndarray] | None = None
     rekey: bytes = b""
@@ -382,6 +390,8 @@ class TrainReply:
         }
         if self.evaluation is not None:
             metrics |= self.evaluation.to_metrics()
+        if self.epsilon is not None:
+            metrics[EPSILON] = self.epsilon
         content = RecordDict({SITE: ConfigRecord(site), METRICS: MetricRecord(metrics)})
         if self.shares is not None:
             content[SHARES] = ConfigRecord(dict(self.shares))
@@ -417,6 +427,7 @@ class TrainReply:
             update_dim=_get(metrics, UPDATE_DIM, int, METRICS),
             train_seconds=_get(metrics, TRAIN_SECONDS, float, METRICS),
             crypto_seconds=_get(metrics, CRYPTO_SECONDS, float, METRICS),
+            epsilon=_get(metrics, EPSILON, float, METRICS) if EPSILON in metrics else None,
             shares=shares,
             plain=plain,
         )
@@ -539,11 +550,20 @@ class EvaluateRequest:
     server_round: int
     mode: str
     offset: np.ndarray | None = None
+    committed_round: int = 0
 
     def to_content(self) -> RecordDict:
         """Flower content."""
         content = RecordDict(
-            {CONFIG: ConfigRecord({SERVER_ROUND: self.server_round, MODE: self.mode})}
+            {
+                CONFIG: ConfigRecord(
+                    {
+                        SERVER_ROUND: self.server_round,
+                        MODE: self.mode,
+                        COMMITTED_ROUND: self.committed_round,
+                    }
+                )
+            }
         )
         if self.offset is not None:
             content[ARRAYS] = ArrayRecord({OFFSET: Array(self.offset.astype(np.float32))})
@@ -556,7 +576,12 @@ class EvaluateRequest:
         offset = None
         if ARRAYS in content.array_records:
             offset = _array(content[ARRAYS], OFFSET, ARRAYS)
-        return cls(_get(cfg, SERVER_ROUND, int, CONFIG), _get(cfg, MODE, str, CONFIG), offset)
+        return cls(
+            _get(cfg, SERVER_ROUND, int, CONFIG),
+            _get(cfg, MODE, str, CONFIG),
+            offset,
+            _get(cfg, COMMITTED_ROUND, int, CONFIG),
+        )
 
 
 @dataclass

@@ -334,6 +334,23 @@ def _check_combinations(cfg: dict[str, Any]) -> None:
             "at least 2 for strategy 'secfpp'",
             "with 1 a decoded cluster sum can be a single site's update",
         )
+    if cfg.get("dp", "none") == "distributed":
+        if strategy != "secfpp":
+            raise RunConfigError(
+                "dp",
+                "distributed",
+                "strategy 'secfpp' (the noise rides on its secret-shared cluster sums)",
+                'use dp="dp-sgd" for other strategies',
+            )
+        if cfg.get("update-scale-bits", 24) > 16:
+            raise RunConfigError(
+                "update-scale-bits",
+                cfg["update-scale-bits"],
+                'at most 16 with dp="distributed" (the noise is added at this scale)',
+                "set update-scale-bits=16",
+            )
+    if cfg.get("dp", "none") == "dp-sgd" and strategy == "zeroshot":
+        raise RunConfigError("dp", "dp-sgd", "a strategy that trains", "zeroshot trains nothing")
     if strategy in CLUSTERING_STRATEGIES:
         _check_protocol(cfg)
 

@@ -46,6 +46,13 @@ class ServerSettings:
         Split and merge thresholds of the adaptive clustering.
     site_identities : str
         ``site-identities.yaml`` of the federation (empty: trust on first use, simulation only).
+    site_wait_timeout : float
+        Seconds the server waits for enough connected sites before round 1 fails, or a later
+        round is skipped.
+    dp, dp_epsilon, dp_delta, dp_clip : str, float, float, float
+        Differential privacy: ``none``, ``distributed`` (noise on the secure cluster sums) or
+        ``dp-sgd`` (per-example clipping and noise on each site); the target budget for the
+        whole run and the clipping norm.
     """
 
     strategy: str = "secfpp"
@@ -72,6 +79,11 @@ class ServerSettings:
     split_ratio: float = 2.0
     merge_ratio: float = 0.5
     site_identities: str = ""
+    site_wait_timeout: float = 300.0
+    dp: str = "none"
+    dp_epsilon: float = 8.0
+    dp_delta: float = 1e-5
+    dp_clip: float = 1.0
 
     def __post_init__(self) -> None:
         if self.num_server_rounds < 1:

@@ -80,6 +80,8 @@ class MeteredGrid(Grid):
         #: The strategy this meter serves (set by the ServerApp), so an in-process harness can
         #: read what the server learned (``SecFPP.views``) after the run.
         self.strategy = None
+        #: Serialised size of each reply of the last exchange, by ``id()`` of the reply object.
+        self.reply_sizes: dict[int, int] = {}
 
     # -- accounting -------------------------------------------------------------------------
     def cost(self, server_round: int) -> RoundCost:
@@ -125,9 +127,12 @@ class MeteredGrid(Grid):
             cost.bytes_down += message_size(message)
             cost.nodes.add(message.metadata.dst_node_id)
         replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        self.reply_sizes = {}
         for reply in replies:
+            size = message_size(reply)
+            self.reply_sizes[id(reply)] = size
             cost.messages_up += 1
-            cost.bytes_up += message_size(reply)
+            cost.bytes_up += size
         return replies
 
     @property

@@ -101,6 +101,17 @@ class SecFPP(PromptStrategy):
                 z_scale_bits=settings.z_scale_bits,
                 z_bound=settings.z_bound,
                 projection_seed=settings.seed,
+                **(
+                    {
+                        "dp_epsilon": settings.dp_epsilon,
+                        "dp_delta": settings.dp_delta,
+                        "dp_rounds": settings.num_server_rounds,
+                        "dp_clip": settings.dp_clip,
+                        "dp_min_cluster_size": settings.min_cluster_size,
+                    }
+                    if settings.dp == "distributed"
+                    else {}
+                ),
             ),
             clustering=ClusteringConfig(
                 max_clusters=settings.max_clusters,
@@ -114,7 +125,7 @@ class SecFPP(PromptStrategy):
             on_round_end=on_round_end,
             site_identities=settings.site_identities,
             checkpoint_path=checkpoint_path,
-            site_wait_timeout=float(getattr(settings, "site_wait_timeout", 0.0)),
+            site_wait_timeout=settings.site_wait_timeout,
         )
 
     # Compatibility for readers of the old attributes (tests, benchmarks).
@@ -175,6 +186,12 @@ class SecFPP(PromptStrategy):
         # The update's length is only known from the sites; the linear bound does not depend
         # on it, so one coordinate stands in for all.
         self.protocol.check(connected, update_dim=1)
+        if self.protocol.dp_epsilon and self.protocol.update_scale_bits > 16:
+            raise ValueError(
+                f"run config 'update-scale-bits' = {self.protocol.update_scale_bits}: with "
+                'dp="distributed" the noise is added at this scale and outgrows the sampler; '
+                "set update-scale-bits=16 or lower"
+            )
 
     # ------------------------------------------------------------------ the run
     def start(
@@ -228,7 +245,21 @@ class SecFPP(PromptStrategy):
 
     def _round_facts(self, rnd: RoundState) -> dict:
         sizes = rnd.view.cluster_sizes
-        return {
+        facts = {}
+        if self.protocol.dp_epsilon and self.state.update_dim:
+            from secpc.noise import epsilon_spent
+
+            self.state.dp_releases += 1
+            dim = self.state.update_dim
+            facts["epsilon"] = epsilon_spent(
+                self.protocol.dp_mu(dim),
+                self.state.dp_releases,
+                self.protocol.distributed_dp(dim),
+            )
+        site_eps = [r.epsilon for r in rnd.replies.values() if r.epsilon is not None]
+        if site_eps:
+            facts["epsilon"] = max(site_eps)  # DP-SGD: the worst site's accountant
+        return facts | {
             "assignment": dict(self.state.labels),
             "num_clusters": len(sizes),
             "cluster_sizes": {str(k): v for k, v in sizes.items()},
@@ -285,6 +316,8 @@ class SecFPP(PromptStrategy):
             "labels": self.state.labels,
             "cluster_prompts": {str(k): v.tolist() for k, v in self.state.cluster_prompts.items()},
             "excluded": self.state.excluded,
+            "dp_releases": self.state.dp_releases,
+            "committed_round": self.state.committed_round,
             "protocol": self.protocol.to_config(),
         }
 
@@ -310,6 +343,8 @@ class SecFPP(PromptStrategy):
             int(k): np.asarray(v, dtype=np.float64) for k, v in state["cluster_prompts"].items()
         }
         self.state.excluded = {str(k): str(v) for k, v in state.get("excluded", {}).items()}
+        self.state.dp_releases = int(state.get("dp_releases", 0))
+        self.state.committed_round = int(state.get("committed_round", 0))
         self.round_offset = int(state["completed_round"])
         return self.round_offset
 

@@ -125,6 +125,8 @@ class FederationState:
     identities: dict[str, bytes] = field(default_factory=dict)
     directory: bytes = b""
     update_dim: int = 0
+    dp_releases: int = 0
+    committed_round: int = 0
 
     def prompt_for(self, site: str) -> np.ndarray | None:
         """The ``P_G`` offset a site trains from: its cluster's, or the mean for a newcomer."""
@@ -247,7 +249,32 @@ class SecFPPWorkflow:
         return state.site_of_node.get(node, f"node-{node}")
 
     def _send(self, grid: Grid, messages: list[Message]) -> list[Message]:
-        return list(grid.send_and_receive(messages, timeout=self.round_timeout))
+        """One exchange; a reply far larger than its peers' is dropped before it is parsed.
+
+        All honest replies of one exchange have about the same size (the same shapes), so the
+        limit is twice the median plus 64 KiB: one site cannot make the server parse a huge
+        message, and no fixed constant has to track the prompt size.
+        """
+        replies = list(grid.send_and_receive(messages, timeout=self.round_timeout))
+        sizes = getattr(grid, "reply_sizes", {})
+        if not sizes or len(replies) < 2:
+            return replies
+        limit = 2 * float(np.median(list(sizes.values()))) + 65536
+        kept = []
+        for reply in replies:
+            size = sizes.get(id(reply), 0)
+            if size > limit:
+                node = reply.metadata.src_node_id
+                log.warning(
+                    "%s: reply of node %d dropped: %d bytes, over the limit of %d",
+                    reply.metadata.message_type,
+                    node,
+                    size,
+                    int(limit),
+                )
+                continue
+            kept.append(reply)
+        return kept
 
     # ------------------------------------------------------------------ 1. sample
     def sample(self, grid: Grid, state: FederationState, server_round: int) -> RoundState:
@@ -376,6 +403,7 @@ class SecFPPWorkflow:
                 n_dist_groups=len(rnd.dist_columns),
                 keys=keys,
                 offset=state.prompt_for(site),
+                committed_round=state.committed_round,
             )
             messages.append(
                 Message(
@@ -411,6 +439,8 @@ class SecFPPWorkflow:
                 log.warning("round %d: %s left out: prompt size differs", rnd.server_round, site)
                 del rnd.replies[site]
         rnd.senders = sorted(rnd.replies, key=natural_key)
+        if rnd.replies:
+            state.update_dim = next(iter(rnd.replies.values())).update_dim
         rnd.view.server_round = rnd.server_round
         rnd.view.participants = list(rnd.participants)
         rnd.view.evaluations = {s: vars(e) for s, e in rnd.evaluations.items()}
@@ -556,7 +586,17 @@ class SecFPPWorkflow:
         answers_sum: dict[int, np.ndarray],
         answers_dist: dict[int, np.ndarray],
     ) -> None:
-        dim = next(iter(rnd.replies.values())).update_dim + len(wire.UPDATE_STATS)
+        dim = state.update_dim + len(wire.UPDATE_STATS)
+        if self.protocol.dp_epsilon:
+            from secpc.noise import check_noisy_sum_fits
+
+            # A configuration error, not a site's: it stops the run with the key to change.
+            check_noisy_sum_fits(
+                len(rnd.participants),
+                self.protocol.dp_mu(dim),
+                self.protocol.distributed_dp(dim),
+                self.protocol.update_params,
+            )
         n_sum, n_dist = len(rnd.sum_groups), len(rnd.dist_groups)
         expected_sum = (n_sum, -(-dim // self.protocol.k))
         expected_dist = (len(rnd.participants), n_dist)
@@ -646,6 +686,7 @@ class SecFPPWorkflow:
             if parts:
                 state.cluster_prompts[label] = np.mean(parts, axis=0)
         state.labels = new
+        state.committed_round = rnd.server_round
         rnd.view.assignment = dict(new)
         rnd.view.cluster_sizes = {
             lab: list(new.values()).count(lab) for lab in sorted(set(new.values()))
@@ -727,7 +768,9 @@ class SecFPPWorkflow:
         """The last round's own evaluation exchange (earlier rounds ride on ``train``)."""
         messages = [
             Message(
-                wire.EvaluateRequest(server_round, self.mode, state.prompt_for(site)).to_content(),
+                wire.EvaluateRequest(
+                    server_round, self.mode, state.prompt_for(site), state.committed_round
+                ).to_content(),
                 node,
                 wire.EVALUATE,
                 group_id=str(server_round),

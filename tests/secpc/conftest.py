@@ -51,6 +51,7 @@ def federation(sites_root, tmp_path_factory):
             "output-dir": str(out),
             "run-name": name,
             "device": "cpu",
+            "site-wait-timeout": 0.0,
             **extra,
         }
         with contextlib.ExitStack() as stack:

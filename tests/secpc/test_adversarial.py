@@ -245,3 +245,15 @@ def test_readme_declares_every_clear_field():
         assert f"`{record}`" in section, record
         if key != "*":
             assert f"`{key}`" in section, key
+
+
+def test_an_oversized_reply_is_dropped_unparsed(federation):
+    def pad(node_id, reply):
+        if reply.metadata.message_type == wire.TRAIN and node_id == 1003 and not reply.has_error():
+            reply.content[wire.SITE]["padding"] = b"x" * 4_000_000
+        return reply
+
+    run, _ = federation("secfpp", "adv-oversized", rounds=1, reply_hook=pad)
+    view = run.views[0]
+    assert "site-3" not in view.senders and len(view.senders) == SITES - 1
+    assert view.assignment

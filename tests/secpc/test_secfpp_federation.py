@@ -25,6 +25,7 @@ def run(tmp_path, sites_root, strategy, name, rounds=2, reply_hook=None, **extra
         "output-dir": str(tmp_path / "out"),
         "run-name": name,
         "device": "cpu",
+        "site-wait-timeout": 0.0,
         **extra,
     }
     return run_federation(SITES, overrides, reply_hook=reply_hook, echo=lambda line: None)
