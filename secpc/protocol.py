@@ -174,14 +174,41 @@ def clip(values: np.ndarray, bound: float) -> tuple[np.ndarray, int]:
     return np.clip(values, -bound, bound), clipped
 
 
+@lru_cache(maxsize=16)
+def _round_params(config: ProtocolConfig) -> tuple[SecureParams, SecureParams]:
+    """``(update_params, z_params)`` built once per config.
+
+    Each property access builds a new :class:`SecureParams` (prime checks included), which cost
+    about half of a site's exchange 1 before; a round calls these once per site and receiver.
+    """
+    return config.update_params, config.z_params
+
+
 def share_round(
     update: np.ndarray,
     z: np.ndarray,
-    n_participants: int,
+    n_receivers: int,
     n_dist_groups: int,
     config: ProtocolConfig,
 ) -> tuple[list[bytes], dict[str, int]]:
-    """Exchange 1 on a site: one plaintext per participant (to be sealed for it).
+    """Exchange 1 on a site: one plaintext per receiver (committee member), to be sealed for it.
+
+    Each plaintext holds three field arrays: ``"update"``, this site's LCC share of its quantized
+    ``P_G`` update, ``(L_u, R)``; ``"z"``, its share of the quantized ``z_i``, ``(L_z, R)``; and
+    ``"blind"``, its blinding share for **its own row** of the distance answer only,
+    ``(n_dist_groups, R)``: a random degree-``2(K+T-1)`` polynomial per group vanishing at every
+    ``beta_k`` (:func:`~secpc.lcc.blinding_shares`), evaluated at the receiver's point. No array
+    depends on the number of participants, so a site's upload is ``n_receivers`` times a constant.
+
+    Why blinding one's own row suffices: the server interpolates each entry ``(i, c)`` of the
+    distance answer, a polynomial of degree ``2(K+T-1)``, from the committee's answers. If that
+    entry's blinding polynomial is uniform to the server (site ``i`` honest, fewer than ``T``
+    colluding committee members), the entry reveals only its ``K`` per-slice values. Site ``i``
+    alone blinds row ``i``; a site ``i`` colluding with the server that omits its blinding gives
+    the server row ``i``'s full product polynomial, whose other coefficients combine site ``i``'s
+    own values and masks with the group sum ``S_c`` and the group's summed masks (sums over at
+    least min-cluster-size sites), never another single site's value. This is an analysed
+    limitation, not a proof (``secpc/README.md``, "Committee").
 
     Parameters
     ----------
@@ -189,8 +216,10 @@ def share_round(
         The site's ``P_G`` update (any shape; flattened).
     z : np.ndarray
         The site's reduced personalized prompt, shape ``(z_dim,)``.
-    n_participants : int
-        Sampled sites of the round (participant ``j`` gets plaintext ``j``).
+    n_receivers : int
+        Committee size ``M``: receiver ``j`` (committee position ``j``, evaluation point
+        ``alpha_j``) gets plaintext ``j``. Passing the number of participants makes everyone a
+        receiver (no committee). Must be at least ``2(K+T-1)+1``.
     n_dist_groups : int
         Groups the distances are measured against (fixes the blinding shape).
     config : ProtocolConfig
@@ -199,17 +228,18 @@ def share_round(
     Returns
     -------
     tuple
-        ``(plaintexts, stats)`` where ``stats`` counts clipped values.
+        ``(plaintexts, stats)``: ``n_receivers`` byte strings and the counts of clipped values.
     """
     update, clipped_u = clip(np.ravel(update), config.update_bound)
     z, clipped_z = clip(z, config.z_bound)
-    up, zp = config.update_params, config.z_params
-    update_shares = share(quantize(update, up), n_participants, up)
-    z_shares = share(quantize(z, zp), n_participants, zp, degree=2)
-    blind = blinding_shares(n_participants, (n_participants, n_dist_groups), zp)
+    up, zp = _round_params(config)
+    update_shares = share(quantize(update, up), n_receivers, up)
+    z_shares = share(quantize(z, zp), n_receivers, zp, degree=2)
+    # Only this sender's own row: the blinding no longer grows with the number of participants.
+    blind = blinding_shares(n_receivers, (n_dist_groups,), zp)
     plaintexts = [
         pack_field_arrays({"update": update_shares[j], "z": z_shares[j], "blind": blind[j]}, up)
-        for j in range(n_participants)
+        for j in range(n_receivers)
     ]
     return plaintexts, {"clipped-update": clipped_u, "clipped-z": clipped_z}
 
@@ -221,14 +251,20 @@ def participant_answer(
     dist_groups: Sequence[Sequence[int]],
     config: ProtocolConfig,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exchange 2 on a participant: coded cluster sums and coded scaled distances.
+    """Exchange 2 on a receiver (committee member): coded cluster sums and coded distances.
+
+    Row ``i`` of the distance answer is the coded ``‖|C_c| z_i − Σ_{m∈C_c} z_m‖²`` plus sender
+    ``i``'s own blinding share for that row (see :func:`share_round` for why per-row blinding is
+    enough, and its limit). Rows of participants that sent nothing are all zero.
 
     Parameters
     ----------
     plaintexts : mapping
-        Opened plaintexts by sender participant index (every sender of the round).
+        Sender participant index (``0..n_participants-1``, the rows of the distance answer) to
+        the opened plaintext this receiver got from that sender. Every receiver must use the
+        same set of senders, or the answers do not decode together.
     n_participants : int
-        Sampled sites of the round.
+        Participants of the round (rows of the distance answer), committee or not.
     sum_groups, dist_groups : sequences of index lists
         Members (participant indices, senders only) of each cluster to sum, and of each
         group whose centre the distances are measured against. ``dist_groups`` has exactly the
@@ -245,18 +281,26 @@ def participant_answer(
     Raises
     ------
     MalformedMessageError
-        If a plaintext does not unpack to the expected arrays, or a group names a participant
-        whose shares are missing.
+        If a sender index is out of range, a plaintext does not unpack to the expected arrays,
+        or a group names a participant whose shares are missing.
     """
-    up, zp = config.update_params, config.z_params
-    unpacked = {s: unpack_field_arrays(p, up) for s, p in plaintexts.items()}
-    for sender, arrays in unpacked.items():
+    up, zp = _round_params(config)
+    n_dist = len(dist_groups)
+    unpacked = {}
+    for sender, plain in plaintexts.items():
+        if not 0 <= sender < n_participants:
+            raise MalformedMessageError(f"sender index {sender} is not a participant index")
+        arrays = unpack_field_arrays(plain, up)
         if set(arrays) != {"update", "z", "blind"}:
             raise MalformedMessageError(
                 f"shares of participant {sender}: unexpected arrays {sorted(arrays)}"
             )
-        if arrays["blind"].shape[:2] != (n_participants, len(dist_groups)):
-            raise MalformedMessageError(f"shares of participant {sender}: blinding shape mismatch")
+        if arrays["blind"].shape != (n_dist, zp.field.r):
+            raise MalformedMessageError(
+                f"shares of participant {sender}: blinding shape {arrays['blind'].shape}, "
+                f"expected {(n_dist, zp.field.r)} (one row of the announced groups)"
+            )
+        unpacked[sender] = arrays
     for group in (*sum_groups, *dist_groups):
         missing = [m for m in group if m not in unpacked]
         if missing:
@@ -268,18 +312,20 @@ def participant_answer(
     for g, group in enumerate(sum_groups):
         if group:
             sums[g] = coded_sum(np.stack([unpacked[m]["update"] for m in group]), up)
+    senders = sorted(unpacked)
     z_rows = np.zeros((n_participants, *first["z"].shape), dtype=np.int64)
-    for sender, arrays in unpacked.items():
-        z_rows[sender] = arrays["z"]
-    blinding = coded_sum(np.stack([a["blind"] for a in unpacked.values()]), zp)
-    distances = np.zeros((n_participants, len(dist_groups), first["z"].shape[-1]), dtype=np.int64)
+    z_rows[senders] = np.stack([unpacked[s]["z"] for s in senders])
+    # Each row carries its own sender's blinding; absent rows stay zero and are zeroed below.
+    blinding = np.zeros((n_participants, n_dist, zp.field.r), dtype=np.int64)
+    blinding[senders] = np.stack([unpacked[s]["blind"] for s in senders])
+    distances = np.zeros((n_participants, n_dist, zp.field.r), dtype=np.int64)
     filled = [c for c, g in enumerate(dist_groups) if g]
     if filled:
         distances[:, filled] = coded_scaled_distances(
             z_rows, [list(dist_groups[c]) for c in filled], zp, blinding=blinding[:, filled]
         )
         # Rows of participants that shared nothing would hold ||S_C||^2: answer zero instead.
-        absent = [i for i in range(n_participants) if i not in unpacked]
+        absent = np.setdiff1d(np.arange(n_participants), senders)
         distances[absent] = 0
     return sums, distances
 

@@ -28,14 +28,18 @@ from strategies.clustering import (
 PROTO = ProtocolConfig(k=1, t=2, z_dim=8, z_scale_bits=16, z_bound=8.0)
 
 
-def secure_round(z, updates, sum_labels, dist_labels, n_dist, dropped=()):
-    """Run exchange 1 on every site and exchange 2 on every surviving participant."""
+def secure_round(z, updates, sum_labels, dist_labels, n_dist, dropped=(), committee=None):
+    """Run exchange 1 on every site and exchange 2 on every surviving receiver.
+
+    ``committee``: the number of receivers ``M`` (default: every participant receives).
+    """
     n = len(z)
-    plaintexts = [share_round(updates[i], z[i], n, n_dist, PROTO)[0] for i in range(n)]
+    m = n if committee is None else committee
+    plaintexts = [share_round(updates[i], z[i], m, n_dist, PROTO)[0] for i in range(n)]
     answers_sum, answers_dist = {}, {}
     sum_groups = groups_from_labels(sum_labels)
     dist_groups = groups_from_labels(dist_labels, n_dist)
-    for j in range(n):
+    for j in range(m):
         if j in dropped:
             continue
         received = {i: plaintexts[i][j] for i in range(n)}
@@ -71,8 +75,9 @@ def test_decoded_round_equals_plaintext_twin():
     sizes=st.sampled_from([(3, 3, 3, 3), (4, 5), (3, 4, 5), (6, 3)]),
     seed=st.integers(0, 10_000),
     drop=st.integers(0, 2),
+    committee=st.sampled_from([None, 7]),
 )
-def test_well_separated_clusters_are_recovered_through_the_protocol(sizes, seed, drop):
+def test_well_separated_clusters_are_recovered_through_the_protocol(sizes, seed, drop, committee):
     z, truth = synthetic(list(sizes), seed)
     n = len(truth)
     config = ClusteringConfig(max_clusters=4, min_cluster_size=3, seed=seed)
@@ -83,12 +88,12 @@ def test_well_separated_clusters_are_recovered_through_the_protocol(sizes, seed,
     for g, members in enumerate(groups):
         for m in members:
             dist_labels[m] = g
-    _, scaled = secure_round(z, updates, [0] * n, dist_labels, len(groups), dropped)
+    _, scaled = secure_round(z, updates, [0] * n, dist_labels, len(groups), dropped, committee)
     sizes_l = np.array([len(g) for g in groups], dtype=float)
     labels = initial_labels(true_sq_distances(scaled, sizes_l), config, groups=groups)
     for _ in range(3):
         k = labels.max() + 1
-        _, scaled = secure_round(z, updates, list(labels), list(labels), k, dropped)
+        _, scaled = secure_round(z, updates, list(labels), list(labels), k, dropped, committee)
         sizes_c = np.bincount(labels, minlength=k).astype(float)
         labels = lloyd_step(labels, true_sq_distances(scaled, sizes_c), None, config)
     assert adjusted_rand_score(truth, labels) == pytest.approx(1.0)
@@ -105,3 +110,33 @@ def test_too_many_dropouts_refuse_to_decode():
 def test_protocol_refuses_settings_it_cannot_decode():
     with pytest.raises(ValueError, match="secure-t"):
         ProtocolConfig(k=1, t=3).check(n_sites=6, update_dim=10)
+
+
+def test_each_distance_row_is_blinded_by_its_own_sender_only():
+    """Sender i's blinding moves row i of every answer, off the data points, and nothing else."""
+    from secpc import decode_slices, pack_field_arrays, unpack_field_arrays
+
+    zp = PROTO.z_params
+    z, truth = synthetic([3, 3], seed=4)
+    n, m, target = 6, 5, 2
+    plaintexts = [share_round(np.zeros(3), z[i], m, 2, PROTO)[0] for i in range(n)]
+    groups = groups_from_labels(list(truth))
+    unblinded = []
+    for j in range(m):
+        arrays = unpack_field_arrays(plaintexts[target][j], PROTO.update_params)
+        assert arrays["blind"].shape == (2, zp.field.r)  # one row, not a block per participant
+        arrays["blind"] = np.zeros_like(arrays["blind"])
+        unblinded.append(pack_field_arrays(arrays, PROTO.update_params))
+    diffs = {}
+    for j in range(m):
+        received = {i: plaintexts[i][j] for i in range(n)}
+        _, with_blind = participant_answer(received, n, groups, groups, PROTO)
+        _, without = participant_answer(
+            {**received, target: unblinded[j]}, n, groups, groups, PROTO
+        )
+        diffs[j] = (with_blind - without) % zp.field.p
+        others = [i for i in range(n) if i != target]
+        assert not np.any(diffs[j][others])
+    assert all(np.any(d[target]) for d in diffs.values())
+    # The blinding vanishes at the data points: the decoded distances are unchanged.
+    assert not np.any(decode_slices(diffs, zp, 2))
