@@ -205,6 +205,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--sweep-train", type=int, default=400, help="training examples per sweep")
     parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep prompts already in --workdir (made by an earlier, interrupted run or by the"
+        " same step run on its own with secfpp-transfer) instead of making them again",
+    )
+    parser.add_argument(
         "--train-size", type=int, default=0, help="private training examples (0: the task's)"
     )
     args = parser.parse_args(argv)
@@ -257,6 +263,8 @@ def main(argv: list[str] | None = None) -> dict:
     student_id = d_sum["model_id"]
 
     def tune(model, model_id, out, **kw):
+        if args.reuse and (work / out / "metadata.json").exists():
+            return read_metadata(work / out)
         cfg = TuneConfig(
             model=student_dir, out=str(work / out), task=args.task, **sizes["tune"], **common, **kw
         )
@@ -266,6 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
     dp_delta = 0.1 / sizes["tune"]["train_size"]
 
     def transfer(prompt_dir, out, objective="label"):
+        if args.reuse and (work / out / "metadata.json").exists():
+            return read_metadata(work / out)
         cfg = TransferConfig(
             student=student_dir,
             student_prompt=str(work / prompt_dir),
