@@ -11,6 +11,7 @@ Nothing here imports flwr or torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -26,6 +27,10 @@ from .errors import (
 from .lcc import blinding_shares, coded_scaled_distances, coded_sum, decode, share
 from .params import SecureParams, check_no_wraparound, dequantize, quantize
 from .serialize import pack_field_arrays, unpack_field_arrays
+
+#: Statistics a site appends to its ``P_G`` update so they are summed securely per cluster
+#: (never sent in the clear); each in ``[0, 1]``, scaled by the update bound.
+UPDATE_STATS = ("train-accuracy", "train-loss/10", "clipped-update", "clipped-z", "one")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,20 @@ class ProtocolConfig:
         ``z_i`` values are clipped to ``[-z_bound, z_bound]``.
     projection_seed : int
         Public seed of the projection ``R``; every site derives the same matrix.
+    dp_epsilon : float
+        Distributed differential privacy on the cluster sums: the ``ε`` of the whole run, or
+        ``0`` for none. Each site adds Skellam noise to its quantized update before sharing
+        (:mod:`secpc.noise`), calibrated so a cluster of ``dp_min_cluster_size`` sites meets
+        ``(dp_epsilon, dp_delta)`` over ``dp_rounds`` releases. Covers the decoded sums (and the
+        statistics riding on them), not the distances or the assignment.
+    dp_delta : float
+        The ``δ`` of that budget.
+    dp_rounds : int
+        Releases accounted for (the run's rounds: the worst case).
+    dp_clip : float
+        L2 clip of a site's ``P_G`` update before the statistics are appended.
+    dp_min_cluster_size : int
+        The size floor the noise is calibrated for.
     """
 
     k: int = 1
@@ -61,6 +80,11 @@ class ProtocolConfig:
     z_scale_bits: int = 12
     z_bound: float = 8.0
     projection_seed: int = 0
+    dp_epsilon: float = 0.0
+    dp_delta: float = 1e-5
+    dp_rounds: int = 1
+    dp_clip: float = 1.0
+    dp_min_cluster_size: int = 3
 
     def __post_init__(self) -> None:
         if self.z_dim < 1:
@@ -68,6 +92,33 @@ class ProtocolConfig:
         # SecureParams validates k, t, scales and bounds with field-named errors.
         self.update_params  # noqa: B018
         self.z_params  # noqa: B018
+
+    def distributed_dp(self, dim: int):
+        """The :class:`~secpc.noise.DistributedDPConfig` for a shared vector of ``dim`` values.
+
+        ``None`` without distributed DP. The vector is the clipped update (L2 norm at most
+        ``dp_clip``) plus the appended statistics (each at most ``update_bound``), so its L2
+        clip covers both.
+        """
+        if not self.dp_epsilon:
+            return None
+        from .noise import DistributedDPConfig
+
+        clip = math.sqrt(self.dp_clip**2 + len(UPDATE_STATS) * self.update_bound**2)
+        return DistributedDPConfig(
+            target_epsilon=self.dp_epsilon,
+            target_delta=self.dp_delta,
+            num_rounds=self.dp_rounds,
+            min_cluster_size=self.dp_min_cluster_size,
+            dim=dim,
+            update_bound=self.update_bound,
+            scale_bits=self.update_scale_bits,
+            clip_l2=clip,
+        )
+
+    def dp_mu(self, dim: int) -> float:
+        """Skellam parameter each site adds per value (``0`` without distributed DP)."""
+        return _dp_mu(self, dim)
 
     @property
     def update_params(self) -> SecureParams:
@@ -141,6 +192,16 @@ class ProtocolConfig:
             if key in config:
                 kwargs[name] = type(default)(config[key])
         return cls(**kwargs)
+
+
+@lru_cache(maxsize=16)
+def _dp_mu(config: ProtocolConfig, dim: int) -> float:
+    dp = config.distributed_dp(dim)
+    if dp is None:
+        return 0.0
+    from .noise import per_site_mu
+
+    return per_site_mu(dp)
 
 
 @lru_cache(maxsize=8)
@@ -233,7 +294,14 @@ def share_round(
     update, clipped_u = clip(np.ravel(update), config.update_bound)
     z, clipped_z = clip(z, config.z_bound)
     up, zp = _round_params(config)
-    update_shares = share(quantize(update, up), n_receivers, up)
+    dp = config.distributed_dp(update.size)
+    if dp is not None:
+        from .noise import noisy_quantized_update
+
+        secret = up.field.from_int(noisy_quantized_update(update, config.dp_mu(update.size), dp))
+    else:
+        secret = quantize(update, up)
+    update_shares = share(secret, n_receivers, up)
     z_shares = share(quantize(z, zp), n_receivers, zp, degree=2)
     # Only this sender's own row: the blinding no longer grows with the number of participants.
     blind = blinding_shares(n_receivers, (n_dist_groups,), zp)
@@ -469,8 +537,15 @@ def check_decoded(
     ValueBoundError
         Naming the first group whose decoded value is out of range.
     """
-    slack = 2.0**-config.update_scale_bits
     for g, n in enumerate(sum_sizes):
+        slack = 2.0**-config.update_scale_bits
+        if n and config.dp_epsilon and sums.shape[1]:
+            from .noise import noise_tail_bound
+
+            # The noise may push a sum past n * bound; its tail bound is part of the range.
+            dim = sums.shape[1]
+            tail = noise_tail_bound(n * config.dp_mu(dim), dim)
+            slack += tail / 2.0**config.update_scale_bits / n
         if (
             n
             and sums.shape[1]

@@ -666,13 +666,16 @@ class SecFPPWorkflow:
         for g, members in enumerate(rnd.sum_groups):
             label = old.get(participants[members[0]], 0)
             base = prompts.get(label, np.zeros(sums.shape[1]))
-            prompts[label] = base + sums[g] / len(members)
+            prompts[label] = base + self.server_step(len(members), sums.shape[1]) * sums[g] / len(
+                members
+            )
             rnd.view.cluster_update_sums[label] = sums[g].tolist()
             rnd.view.cluster_stats[label] = stats[g].tolist()
             metrics += stats[g]
         count = metrics[-1]
         train_metrics = {}
-        if count > 0:
+        # Under distributed DP the statistics are noise-dominated at these cluster sizes.
+        if count > 0 and not self.protocol.dp_epsilon:
             train_metrics = {
                 "train-accuracy": float(metrics[0] / count),
                 "train-loss": float(10 * metrics[1] / count),
@@ -700,6 +703,23 @@ class SecFPPWorkflow:
             },
         )
         return train_metrics
+
+    def server_step(self, members: int, dim: int) -> float:
+        """How far a cluster's ``P_G`` moves toward its members' mean update.
+
+        1 without distributed DP. With it, the decoded mean carries noise whose expected norm
+        (``sigma sqrt(dim)``) can dwarf a clipped update; the server shrinks the step so that the
+        noise it applies per round is no larger than one clipped update (``dp-clip``). This is
+        post-processing of a released value, so it costs no privacy.
+        """
+        if not self.protocol.dp_epsilon:
+            return 1.0
+        from secpc.noise import noise_std
+
+        shared = dim + len(wire.UPDATE_STATS)
+        sigma = noise_std(self.protocol.dp_mu(shared), members, self.protocol.update_scale_bits)
+        noise_norm = sigma / members * np.sqrt(dim)
+        return float(min(1.0, self.protocol.dp_clip / noise_norm)) if noise_norm else 1.0
 
     def _cluster_step(
         self, state: FederationState, rnd: RoundState, old: dict[str, int]
