@@ -34,13 +34,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 #: Method name to (strategy, extra run-config keys). The DP variants use the run-config keys
-#: ``dp``, ``dp-epsilon`` and ``dp-delta``.
+#: ``dp``, ``dp-epsilon`` and ``dp-delta``; distributed DP adds its noise at the update's
+#: quantization scale, which the run-config check caps at 16 bits.
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "promptfl": ("promptfl", {}),
     "hierarchical": ("hierarchical", {}),
     "clustered": ("clustered", {}),
     "secfpp": ("secfpp", {}),
-    "secfpp-dp": ("secfpp", {"dp": "distributed"}),
+    "secfpp-dp": ("secfpp", {"dp": "distributed", "update-scale-bits": 16}),
     "secfpp-dpsgd": ("secfpp", {"dp": "dp-sgd"}),
 }
 #: Every figure reported per method (``None`` where it does not apply or could not be computed).
@@ -345,6 +346,11 @@ def attack_run(run, method: str, args: argparse.Namespace) -> dict[str, Any]:
             default=None,
         ),
         "rounds_completed": len(records),
+        # A skipped round (too few shares, nothing decoded) left the prompts as they were: the
+        # figures of a run whose every round was skipped describe the initial prompt only.
+        "rounds_skipped": {
+            str(r.server_round): r.extra["skipped"] for r in records if r.extra.get("skipped")
+        },
         "shadow_epochs": shadow_epochs,
         "per_site": per_site,
         "server_received_fields": up_fields(run.grid.wire),

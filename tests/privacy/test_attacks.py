@@ -314,6 +314,8 @@ def test_privacy_cli_reports_every_figure_per_method(tmp_path, capsys):
         for key in METRICS:
             assert key in figures, (method, key)
         assert figures["epsilon"] is None
+        # Figures of a run whose rounds were skipped would describe the initial prompt only.
+        assert figures["rounds_skipped"] == {}, figures["rounds_skipped"]
         # The benchmark's own prompt is the one the site evaluated.
         assert figures["own_vs_declared_max_abs_diff"] < 1e-4
         assert 0.0 <= figures["prompt_stealing_accuracy"] <= 1.0
