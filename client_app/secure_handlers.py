@@ -154,24 +154,29 @@ def seal_shares(
     site = _site(context)
     channel = _channel(context, site, request.keys)
     participants = request.participants
+    # Shares go to the round's committee only, which this site derives itself.
+    committee = request.protocol.committee_for(
+        participants, request.server_round, request.keys.directory
+    )
     plaintexts, stats = share_round(
-        update, z, len(participants), request.n_dist_groups, request.protocol
+        update, z, len(committee), request.n_dist_groups, request.protocol
     )
     sealed = {
-        peer: channel.seal(
-            plaintexts[j], round=request.server_round, stage=SHARES_STAGE, receiver=peer
+        member: channel.seal(
+            plaintexts[j], round=request.server_round, stage=SHARES_STAGE, receiver=member
         )
-        for j, peer in enumerate(participants)
-        if peer != site.site_id
+        for j, member in enumerate(committee)
+        if member != site.site_id
     }
     # The site's own share never travels: it waits in the SuperNode's state for exchange 2,
     # with what exchange 1 announced, so the query cannot change it afterwards.
-    own = participants.index(site.site_id)
+    own = committee.index(site.site_id) if site.site_id in committee else -1
     context.state[_OWN_SHARE] = ConfigRecord(
         {
             "server-round": request.server_round,
-            "plaintext": plaintexts[own],
+            "plaintext": plaintexts[own] if own >= 0 else b"",
             "participants": list(participants),
+            "committee": list(committee),
             "n-dist-groups": request.n_dist_groups,
         }
     )
@@ -198,6 +203,8 @@ def check_grouping(
         return f"this site shared nothing in round {request.server_round}"
     if list(announced["participants"]) != request.participants:
         return "the participants differ from those of exchange 1"
+    if site_id not in list(announced["committee"]):
+        return "this site is not on the round's committee"
     if (
         int(announced["n-dist-groups"]) != request.n_dist_groups
         or len(request.dist_groups) != request.n_dist_groups

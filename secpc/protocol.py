@@ -70,6 +70,10 @@ class ProtocolConfig:
         L2 clip of a site's ``P_G`` update before the statistics are appended.
     dp_min_cluster_size : int
         The size floor the noise is calibrated for.
+    committee : int
+        Committee size: the sites that receive every share and answer the coded queries
+        (:mod:`secpc.committee`); ``0`` chooses ``min(n, 2 (2(k+t-1)+1) + 1)`` from the round's
+        participants. The others only share, so their upload does not grow with the federation.
     """
 
     k: int = 1
@@ -85,6 +89,7 @@ class ProtocolConfig:
     dp_rounds: int = 1
     dp_clip: float = 1.0
     dp_min_cluster_size: int = 3
+    committee: int = 0
 
     def __post_init__(self) -> None:
         if self.z_dim < 1:
@@ -115,6 +120,19 @@ class ProtocolConfig:
             scale_bits=self.update_scale_bits,
             clip_l2=clip,
         )
+
+    def committee_for(
+        self, participants: Sequence[str], server_round: int, seed: bytes
+    ) -> list[str]:
+        """The round's committee, the same on every site and the server.
+
+        ``seed`` is the signed key directory relayed with the round (all sites' committed key
+        material), so the server cannot pick the committee once the keys are set.
+        """
+        from .committee import committee_size, select_committee
+
+        size = committee_size(len(participants), self.z_params.quadratic_threshold, self.committee)
+        return select_committee(participants, size, server_round, seed)
 
     def dp_mu(self, dim: int) -> float:
         """Skellam parameter each site adds per value (``0`` without distributed DP)."""

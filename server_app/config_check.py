@@ -144,6 +144,12 @@ SCHEMA: dict[str, KeySpec] = {
     "split-ratio": KeySpec(float, lambda v: 0 < v < float("inf"), "a finite number > 0"),
     "merge-ratio": KeySpec(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0"),
     "site-identities": KeySpec(str, None, "a path to site-identities.yaml, or empty"),
+    "committee-size": KeySpec(
+        int,
+        lambda v: v >= 0,
+        "an integer >= 0 (0: automatic)",
+        "a positive size must be at least 2(k+t-1)+1",
+    ),
     "site-wait-timeout": KeySpec(
         float, lambda v: 0 <= v < float("inf"), "seconds >= 0", "0 never waits for sites"
     ),

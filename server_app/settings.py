@@ -46,6 +46,8 @@ class ServerSettings:
         Split and merge thresholds of the adaptive clustering.
     site_identities : str
         ``site-identities.yaml`` of the federation (empty: trust on first use, simulation only).
+    committee_size : int
+        SecFPP's committee (the sites that receive shares and answer); 0 chooses automatically.
     site_wait_timeout : float
         Seconds the server waits for enough connected sites before round 1 fails, or a later
         round is skipped.
@@ -80,6 +82,7 @@ class ServerSettings:
     merge_ratio: float = 0.5
     site_identities: str = ""
     site_wait_timeout: float = 300.0
+    committee_size: int = 0
     dp: str = "none"
     dp_epsilon: float = 8.0
     dp_delta: float = 1e-5

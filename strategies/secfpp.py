@@ -101,6 +101,7 @@ class SecFPP(PromptStrategy):
                 z_scale_bits=settings.z_scale_bits,
                 z_bound=settings.z_bound,
                 projection_seed=settings.seed,
+                committee=settings.committee_size,
                 **(
                     {
                         "dp_epsilon": settings.dp_epsilon,
@@ -182,6 +183,12 @@ class SecFPP(PromptStrategy):
                 f"secure-t={self.protocol.t} and min-cluster-size="
                 f"{self.clustering.min_cluster_size} need at least {needed}: lower secure-t "
                 "or secure-k, or add sites"
+            )
+        if self.protocol.committee and self.protocol.committee < needed:
+            raise ValueError(
+                f"run config 'committee-size' = {self.protocol.committee}: a committee must "
+                f"hold at least 2(k+t-1)+1 = {self.protocol.z_params.quadratic_threshold} sites"
+                " to decode distances; raise it or set 0 (automatic)"
             )
         # The update's length is only known from the sites; the linear bound does not depend
         # on it, so one coordinate stands in for all.

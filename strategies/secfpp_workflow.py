@@ -68,6 +68,8 @@ class ServerView:
         Sites sampled for the round.
     senders : list of str
         Sites whose shares were used.
+    committee : list of str
+        The sites that received the shares and were asked the query (public).
     decoded_sum_groups : list of list of str
         The member set of every cluster sum decoded this round (each decoded once).
     decoded_dist_groups : list of list of str
@@ -95,6 +97,7 @@ class ServerView:
     server_round: int = 0
     participants: list[str] = field(default_factory=list)
     senders: list[str] = field(default_factory=list)
+    committee: list[str] = field(default_factory=list)
     decoded_sum_groups: list[list[str]] = field(default_factory=list)
     decoded_dist_groups: list[list[str]] = field(default_factory=list)
     cluster_update_sums: dict[int, list[float]] = field(default_factory=dict)
@@ -150,6 +153,10 @@ class RoundState:
     ----------
     server_round : int
         The real round number.
+    keys : KeyDirectoryView
+        The directory sent with exchange 1 (it fixes the committee).
+    committee : list of str
+        The sites that receive the shares and answer the query, in share order.
     sampled : list of int
         Node ids sampled for the round.
     nodes : dict
@@ -179,6 +186,8 @@ class RoundState:
     """
 
     server_round: int
+    keys: wire.KeyDirectoryView = field(default_factory=wire.KeyDirectoryView)
+    committee: list[str] = field(default_factory=list)
     sampled: list[int] = field(default_factory=list)
     nodes: dict[str, int] = field(default_factory=dict)
     participants: list[str] = field(default_factory=list)
@@ -392,6 +401,14 @@ class SecFPPWorkflow:
         """Exchange 1: send each participant its cluster's ``P_G``; check what comes back."""
         rnd.sum_labels, rnd.dist_labels, rnd.dist_columns = plan(rnd.participants)
         keys = state.keys_view() if self.secure else wire.KeyDirectoryView()
+        # The directory sent now fixes the round's committee on every site; a site re-admitted
+        # during this exchange changes the directory only from the next round on.
+        rnd.keys = keys
+        if self.secure:
+            rnd.committee = self.protocol.committee_for(
+                rnd.participants, rnd.server_round, keys.directory
+            )
+            rnd.view.committee = list(rnd.committee)
         messages = []
         for site in rnd.participants:
             request = wire.TrainRequest(
@@ -463,8 +480,8 @@ class SecFPPWorkflow:
         if parsed.update_dim < 1:
             return site, None, "malformed reply: update-dim < 1"
         if self.secure:
-            if parsed.shares is None or set(parsed.shares) != set(rnd.participants) - {site}:
-                return site, None, "shares are not addressed to exactly the other participants"
+            if parsed.shares is None or set(parsed.shares) != set(rnd.committee) - {site}:
+                return site, None, "shares are not addressed to exactly the committee"
             sizes = {len(v) for v in parsed.shares.values()}
             if len(sizes) > 1:
                 return site, None, "shares of one sender differ in size"
@@ -514,11 +531,11 @@ class SecFPPWorkflow:
             sum_groups=rnd.sum_groups,
             dist_groups=rnd.dist_groups,
             n_dist_groups=len(rnd.dist_columns),
-            keys=state.keys_view(),
+            keys=rnd.keys,
             protocol=self.protocol,
         )
         messages = []
-        for receiver in rnd.senders:
+        for receiver in [m for m in rnd.committee if m in rnd.replies]:
             relay = {s: rnd.replies[s].shares[receiver] for s in rnd.senders if s != receiver}
             request = wire.SecPCRequest(relay=relay, **request_base)
             messages.append(
@@ -534,7 +551,7 @@ class SecFPPWorkflow:
         site_seconds = 0.0
         for reply in self._send(grid, messages):
             site = self._site(state, reply.metadata.src_node_id)
-            if site not in rnd.senders:
+            if site not in rnd.committee:
                 continue
             if reply.has_error():
                 rnd.view.dropped[site] = f"site error: {_first_line(reply)}"
@@ -559,7 +576,7 @@ class SecFPPWorkflow:
                     "round %d: %s refused the query: %s", rnd.server_round, site, parsed.refusal
                 )
                 continue
-            j = rnd.participants.index(site)
+            j = rnd.committee.index(site)  # answers are keyed by committee position
             try:
                 answers_sum[j] = field_from_array(parsed.sums, self.protocol.update_params)
                 answers_dist[j] = field_from_array(parsed.distances, self.protocol.z_params)
@@ -633,7 +650,7 @@ class SecFPPWorkflow:
 
     def _exclude(self, state: FederationState, rnd: RoundState, wrong: set[int]) -> None:
         for j in sorted(wrong):
-            site = rnd.participants[j]
+            site = rnd.committee[j]
             state.excluded[site] = f"round {rnd.server_round}: wrong SecPC answer"
             rnd.view.wrong.append(site)
             log.error(

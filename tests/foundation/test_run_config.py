@@ -57,6 +57,7 @@ BAD = {
     "dp-epsilon": 0.0,
     "dp-delta": 1.0,
     "dp-clip": 0.0,
+    "committee-size": -1,
 }
 
 

@@ -250,3 +250,42 @@ def test_checkpoint_and_resume(tmp_path, sites_root):
 def test_refuses_thresholds_it_cannot_decode(tmp_path, sites_root):
     with pytest.raises(ValueError, match="secure-t"):
         run(tmp_path, sites_root, "secfpp", "t-refuse", rounds=1, **{"secure-t": 4, "min-sites": 9})
+
+
+def test_a_committee_smaller_than_the_federation_decodes_with_a_member_dropped(
+    federation, plain_run
+):
+    dropped = []
+
+    def drop_one_member(node_id, reply):
+        if reply.metadata.message_type == "query.secpc" and not dropped:
+            dropped.append(node_id)
+            return None
+        return reply
+
+    run, _ = federation(
+        "secfpp",
+        "t-committee",
+        reply_hook=drop_one_member,
+        **{"secure-t": 1, "committee-size": 4},
+    )
+    assert dropped
+    for view, twin in zip(run.views, plain_run.views, strict=True):
+        assert len(view.committee) == 4 and set(view.committee) <= set(view.participants)
+        assert len(view.senders) == SITES  # everyone shared, only the committee answered
+        for label, value in view.cluster_update_sums.items():
+            assert np.allclose(value, twin.cluster_update_sums[label], atol=1e-5)
+    # Shares went to the committee only: a train reply carries one ciphertext per other member.
+    for w in run.grid.wire:
+        if w.direction == "up" and w.message_type == "train":
+            shares = w.message().content["shares"]
+            assert len(shares) in (3, 4)
+    for view in run.views:
+        queried = {
+            w.node_id
+            for w in run.grid.wire
+            if w.direction == "down"
+            and w.message_type == "query.secpc"
+            and w.group_id == str(view.server_round)
+        }
+        assert len(queried) == 4  # the query goes to the round's committee only
