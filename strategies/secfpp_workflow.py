@@ -482,9 +482,6 @@ class SecFPPWorkflow:
         if self.secure:
             if parsed.shares is None or set(parsed.shares) != set(rnd.committee) - {site}:
                 return site, None, "shares are not addressed to exactly the committee"
-            sizes = {len(v) for v in parsed.shares.values()}
-            if len(sizes) > 1:
-                return site, None, "shares of one sender differ in size"
         else:
             if parsed.plain is None or parsed.plain[1].shape != (self.protocol.z_dim,):
                 return site, None, "plain record must hold an update and a z of length z-dim"
