@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--block-dim", type=int, default=16)
     parser.add_argument("--mean-weight", type=float, default=1.0)
     parser.add_argument("--std-weight", type=float, default=1.0)
-    parser.add_argument("--prompt-weight", type=float, default=1.0)
+    parser.add_argument("--prompt-weight", type=float, default=0.0)
     parser.add_argument(
         "--z-scale-bits", type=int, default=12, help="quantize z as SecPC would (2^-bits grid)"
     )

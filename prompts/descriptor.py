@@ -18,7 +18,8 @@ three blocks, each computed by the site alone from public constants and its own 
 
 Each ``R_b`` is a Gaussian projection ``(dim, d_in)`` with entries ``N(0, 1/dim)`` drawn from a
 public seed, so it preserves distances in expectation (Johnson-Lindenstrauss) and is identical on
-every site. Each projected block is then scaled to norm ``weight_b`` (its direction is kept);
+every site. The prompt block is off by default (``prompt_weight = 0``; see
+:class:`DescriptorConfig` for the measurement). Each projected block is then scaled to norm ``weight_b`` (its direction is kept);
 an all-zero block (e.g. the prompt before any training) stays zero. Why unit directions and not
 federation-wide standardisation: the site must compute its descriptor alone, with no statistics
 of other sites; fixing each block's norm to a public budget means no block can drown another by
@@ -56,9 +57,14 @@ class DescriptorConfig:
         Dimension of each block after projection, ``>= 1``. The descriptor has
         ``block_dim`` times the number of blocks with a non-zero weight.
     mean_weight, std_weight, prompt_weight
-        Norm of each block, each in ``[0, 1]``; a zero weight drops the block. Equal weights
-        (the default) give each kind of evidence the same say; the bound 1 keeps every
-        coordinate within any ``z-bound >= 1``.
+        Norm of each block, each in ``[0, 1]``; a zero weight drops the block; the bound 1
+        keeps every coordinate within any ``z-bound >= 1``. The image blocks share the budget
+        equally. The prompt block is off by default: measured on ``digits-domains`` (12 sites,
+        seed 0, ``benchmarks/cluster_study.py``), a unit-weight prompt block after one local
+        epoch took the best candidate score in round 2 from 0.53 (prompt block zero) to 0.08
+        and the rule stayed at one cluster: site prompt directions are nearly orthogonal, so
+        the block adds about ``2 w^2`` to every squared distance and drowns the domain. Weights
+        between 0 and 1 were not measured.
     seed
         Public seed of the projections (the federation seed), ``>= 0``.
     """
@@ -66,7 +72,7 @@ class DescriptorConfig:
     block_dim: int = 16
     mean_weight: float = 1.0
     std_weight: float = 1.0
-    prompt_weight: float = 1.0
+    prompt_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:

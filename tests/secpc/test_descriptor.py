@@ -42,9 +42,17 @@ def test_blocks_have_their_weight_as_norm_and_fit_the_bound(
 
 
 def test_zero_prompt_offset_gives_a_zero_prompt_block():
-    config = DescriptorConfig(block_dim=8)
+    config = DescriptorConfig(block_dim=8, prompt_weight=1.0)
     z = site_descriptor(np.zeros((10, 4, 6)), features(20, 32, 0), config)
+    assert z.shape == (24,)
     assert np.all(z[16:] == 0.0) and np.linalg.norm(z[:8]) == pytest.approx(1.0)
+
+
+def test_default_descriptor_is_image_statistics_only():
+    config = DescriptorConfig()
+    assert [name for name, _ in config.blocks] == ["mean", "std"] and config.dim == 32
+    z = site_descriptor(None, features(20, 32, 0), config)
+    assert np.linalg.norm(z) == pytest.approx(np.sqrt(2.0))
 
 
 def test_descriptor_is_a_function_of_the_site_alone_and_the_public_seed():
@@ -101,6 +109,6 @@ def test_all_zero_weights_are_refused_and_prompt_needs_an_offset():
     with pytest.raises(ValueError, match="at least one"):
         DescriptorConfig(mean_weight=0.0, std_weight=0.0, prompt_weight=0.0)
     with pytest.raises(ValueError, match="prompt_offset"):
-        site_descriptor(None, features(5, 8, 0), DescriptorConfig())
+        site_descriptor(None, features(5, 8, 0), DescriptorConfig(prompt_weight=1.0))
     with pytest.raises(ValueError, match="train_features"):
         site_descriptor(np.ones(3), np.zeros((0, 8)), DescriptorConfig())
