@@ -32,7 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--method", required=True, choices=sorted(STRATEGIES))
     parser.add_argument(
-        "--dataset", default="digits-domains", choices=["digits-domains", "fashion-mnist-domains"]
+        "--dataset",
+        default="digits-domains",
+        choices=["digits-domains", "fashion-mnist-domains", "digits-label-swap"],
     )
     parser.add_argument("--sites", type=int, default=12, help="number of sites (default 12)")
     parser.add_argument("--rounds", type=int, default=10, help="training rounds (default 10)")

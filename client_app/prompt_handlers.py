@@ -288,7 +288,7 @@ def train_clustered(message: Message, context: Context) -> Message:
     server re-admits it from the next round.
     """
     from secpc import messages as wire
-    from secpc.protocol import append_stats, clip, reduce_prompt
+    from secpc.protocol import append_stats, clip
 
     request = wire.TrainRequest.from_content(message.content)
     if request.mode == "secfpp":
@@ -330,7 +330,7 @@ def train_clustered(message: Message, context: Context) -> Message:
     protocol = request.protocol
     update = (prompt.global_ctx.detach() - base_global).cpu().double().numpy().ravel()
     offset = prompt.personalized() - runtime.global_init.to(runtime.device).unsqueeze(0)
-    z = reduce_prompt(offset.cpu().double().numpy(), protocol)
+    z = _descriptor(offset.cpu().double().numpy(), runtime, protocol)
     _, clipped_u = clip(update, protocol.update_bound)
     _, clipped_z = clip(z, protocol.z_bound)
     if protocol.dp_epsilon:
@@ -416,3 +416,24 @@ def _l2_clip(values, bound: float):
 
     norm = float(np.linalg.norm(values))
     return values * (bound / norm) if norm > bound else values
+
+
+def _descriptor(prompt_offset, runtime: SiteRuntime, protocol):
+    """The site's reduced descriptor ``z_i`` (:mod:`prompts.descriptor`), ``z-dim`` long.
+
+    Image-statistics blocks (mean and spread of the frozen training features) carry the visual
+    domain, which the prompts alone do not; the prompt block joins with a positive
+    ``descriptor-prompt-weight``. Blocks split ``z-dim`` evenly; any remainder is zero.
+    """
+    import numpy as np
+
+    from prompts.descriptor import DescriptorConfig, site_descriptor
+
+    blocks = 3 if protocol.descriptor_prompt_weight > 0 else 2
+    config = DescriptorConfig(
+        block_dim=max(1, protocol.z_dim // blocks),
+        prompt_weight=protocol.descriptor_prompt_weight,
+        seed=protocol.projection_seed,
+    )
+    z = site_descriptor(prompt_offset, runtime.train_features.cpu().numpy(), config)
+    return np.pad(z, (0, max(0, protocol.z_dim - z.size)))[: protocol.z_dim]

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-DATA_SOURCES = ("digits-domains", "fashion-mnist-domains", "image-folder")
+DATA_SOURCES = ("digits-domains", "fashion-mnist-domains", "digits-label-swap", "image-folder")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _SITE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

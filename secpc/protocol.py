@@ -70,6 +70,9 @@ class ProtocolConfig:
         L2 clip of a site's ``P_G`` update before the statistics are appended.
     dp_min_cluster_size : int
         The size floor the noise is calibrated for.
+    descriptor_prompt_weight : float
+        Weight of the prompt block in the site descriptor ``z_i`` (:mod:`prompts.descriptor`;
+        0: the frozen image statistics only).
     committee : int
         Committee size: the sites that receive every share and answer the coded queries
         (:mod:`secpc.committee`); ``0`` chooses ``min(n, 2 (2(k+t-1)+1) + 1)`` from the round's
@@ -90,6 +93,7 @@ class ProtocolConfig:
     dp_clip: float = 1.0
     dp_min_cluster_size: int = 3
     committee: int = 0
+    descriptor_prompt_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.z_dim < 1:

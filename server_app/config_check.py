@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 #: Embedded data sets a simulated site can generate from its ``partition-id``.
-SIMULATION_DATASETS = ("digits-domains", "fashion-mnist-domains")
+SIMULATION_DATASETS = ("digits-domains", "fashion-mnist-domains", "digits-label-swap")
 #: Strategies whose sites exchange secret shares or cluster; they need several sites per round.
 CLUSTERING_STRATEGIES = ("secfpp", "clustered")
 #: The shipped default of ``min-sites`` (``pyproject.toml``): treated as "automatic" until the
@@ -144,6 +144,12 @@ SCHEMA: dict[str, KeySpec] = {
     "split-ratio": KeySpec(float, lambda v: 0 < v < float("inf"), "a finite number > 0"),
     "merge-ratio": KeySpec(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0"),
     "site-identities": KeySpec(str, None, "a path to site-identities.yaml, or empty"),
+    "cluster-rule": KeySpec(str, lambda v: v in ("verified", "lloyd"), "'verified' or 'lloyd'"),
+    "cluster-score-threshold": KeySpec(
+        float, lambda v: -1 < v <= 1, "a number in (-1, 1]", "0.35 is calibrated (README)"
+    ),
+    "cluster-oracle": KeySpec(bool, None, "true or false (simulation only)"),
+    "descriptor-prompt-weight": KeySpec(float, lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "committee-size": KeySpec(
         int,
         lambda v: v >= 0,

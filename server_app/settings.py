@@ -46,6 +46,15 @@ class ServerSettings:
         Split and merge thresholds of the adaptive clustering.
     site_identities : str
         ``site-identities.yaml`` of the federation (empty: trust on first use, simulation only).
+    cluster_rule, cluster_score_threshold : str, float
+        SecPC's clustering rule (``verified`` or ``lloyd``) and the verified rule's acceptance
+        score.
+    cluster_oracle : bool
+        Simulation only: use the true domains as clusters (a yardstick, not a method).
+    descriptor_prompt_weight : float
+        Weight of the prompt block in the site descriptor (0: image statistics only).
+    num_domains : int
+        Simulation only: domains of the simulated sites (for the oracle).
     committee_size : int
         SecFPP's committee (the sites that receive shares and answer); 0 chooses automatically.
     site_wait_timeout : float
@@ -83,6 +92,11 @@ class ServerSettings:
     site_identities: str = ""
     site_wait_timeout: float = 300.0
     committee_size: int = 0
+    cluster_rule: str = "verified"
+    cluster_score_threshold: float = 0.35
+    cluster_oracle: bool = False
+    descriptor_prompt_weight: float = 0.0
+    num_domains: int = 4
     dp: str = "none"
     dp_epsilon: float = 8.0
     dp_delta: float = 1e-5

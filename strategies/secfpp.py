@@ -26,7 +26,7 @@ from flwr.serverapp.strategy import Result
 from secpc.protocol import ProtocolConfig
 
 from .base import LocalTraining, PromptStrategy, RoundRecord, SiteResult, natural_key
-from .clustering import ClusteringConfig
+from .clustering import ClusteringConfig, SelectionConfig, SelectionState
 from .results_io import write_json_atomic
 from .secfpp_workflow import FederationState, RoundState, SecFPPWorkflow, ServerView
 
@@ -55,6 +55,10 @@ class SecFPP(PromptStrategy):
         Where the server state is written after every round.
     site_wait_timeout : float
         Seconds a round waits for enough connected sites before it is skipped.
+    selection : SelectionConfig, optional
+        The verified per-round cluster selection; ``None`` uses the landmark-and-Lloyd rule.
+    oracle : callable, optional
+        Simulation only: site id to its true domain, used as the clusters.
     """
 
     mode_name = "secfpp"
@@ -70,6 +74,8 @@ class SecFPP(PromptStrategy):
         site_identities: str = "",
         checkpoint_path: Path | None = None,
         site_wait_timeout: float = 0.0,
+        selection: SelectionConfig | None = None,
+        oracle=None,
     ) -> None:
         super().__init__(
             mode=self.mode_name,
@@ -83,6 +89,8 @@ class SecFPP(PromptStrategy):
         self.site_identities = site_identities
         self.checkpoint_path = checkpoint_path
         self.site_wait_timeout = site_wait_timeout
+        self.selection = selection
+        self.oracle = oracle
         self.state = FederationState()
         self.round_offset = 0
         self.views: list[ServerView] = []
@@ -102,6 +110,7 @@ class SecFPP(PromptStrategy):
                 z_bound=settings.z_bound,
                 projection_seed=settings.seed,
                 committee=settings.committee_size,
+                descriptor_prompt_weight=settings.descriptor_prompt_weight,
                 **(
                     {
                         "dp_epsilon": settings.dp_epsilon,
@@ -127,6 +136,17 @@ class SecFPP(PromptStrategy):
             site_identities=settings.site_identities,
             checkpoint_path=checkpoint_path,
             site_wait_timeout=settings.site_wait_timeout,
+            selection=(
+                SelectionConfig(
+                    max_clusters=settings.max_clusters,
+                    min_cluster_size=settings.min_cluster_size,
+                    score_threshold=settings.cluster_score_threshold,
+                    seed=settings.seed,
+                )
+                if settings.cluster_rule == "verified"
+                else None
+            ),
+            oracle=_oracle(settings) if settings.cluster_oracle else None,
         )
 
     # Compatibility for readers of the old attributes (tests, benchmarks).
@@ -157,6 +177,8 @@ class SecFPP(PromptStrategy):
             fraction_train=self.fraction_train,
             round_timeout=round_timeout,
             site_wait_timeout=self.site_wait_timeout,
+            selection=self.selection,
+            oracle=self.oracle,
         )
 
     def check_before_start(self, grid: Grid) -> None:
@@ -224,7 +246,7 @@ class SecFPP(PromptStrategy):
             if not rnd.skipped:
                 workflow.keys(grid, self.state, rnd)
             if not rnd.skipped:
-                workflow.train(grid, self.state, rnd, lambda p: workflow.plan_groups(self.state, p))
+                workflow.train(grid, self.state, rnd)
                 self._close(pending, rnd.evaluations)
                 workflow.query(grid, self.state, rnd, self.meter)
                 last_nodes = rnd.nodes or last_nodes
@@ -325,6 +347,8 @@ class SecFPP(PromptStrategy):
             "excluded": self.state.excluded,
             "dp_releases": self.state.dp_releases,
             "committed_round": self.state.committed_round,
+            "universe": self.state.universe,
+            "selection": self.state.selection.to_dict() if self.state.selection else None,
             "protocol": self.protocol.to_config(),
         }
 
@@ -352,6 +376,9 @@ class SecFPP(PromptStrategy):
         self.state.excluded = {str(k): str(v) for k, v in state.get("excluded", {}).items()}
         self.state.dp_releases = int(state.get("dp_releases", 0))
         self.state.committed_round = int(state.get("committed_round", 0))
+        self.state.universe = [str(s) for s in state.get("universe", [])]
+        if state.get("selection"):
+            self.state.selection = SelectionState.from_dict(state["selection"])
         self.round_offset = int(state["completed_round"])
         return self.round_offset
 
@@ -360,3 +387,19 @@ class Clustered(SecFPP):
     """The plaintext twin of :class:`SecFPP` (ablation; reference for equivalence tests)."""
 
     mode_name = "clustered"
+
+
+def _oracle(settings):
+    """Simulation's true domain of ``site-<i>``: ``i mod num-domains`` (the partition's rule).
+
+    Read from the run config the simulation was built from, never from anything a site sends.
+    """
+    domains = max(1, int(settings.num_domains))
+
+    def domain(site: str) -> int:
+        tail = site.rsplit("-", 1)[-1]
+        if not tail.isdigit():
+            raise ValueError(f"cluster-oracle: {site!r} is not a simulated site id (site-<i>)")
+        return int(tail) % domains
+
+    return domain

@@ -44,12 +44,16 @@ from secpc.protocol import (
     split_stats,
 )
 
+from . import clustering as rules
 from .base import natural_key
 from .clustering import (
     ClusteringConfig,
+    SelectionConfig,
+    SelectionState,
     initial_labels,
     landmark_groups,
     lloyd_step,
+    select_clusters,
     true_sq_distances,
 )
 
@@ -130,6 +134,10 @@ class FederationState:
     update_dim: int = 0
     dp_releases: int = 0
     committed_round: int = 0
+    #: The verified rule's memory (labels and next groups over ``universe``).
+    selection: SelectionState | None = None
+    #: Every site seen in this federation, in a fixed order (the rule's site indices).
+    universe: list[str] = field(default_factory=list)
 
     def prompt_for(self, site: str) -> np.ndarray | None:
         """The ``P_G`` offset a site trains from: its cluster's, or the mean for a newcomer."""
@@ -203,6 +211,8 @@ class RoundState:
     distances: np.ndarray | None = None
     skipped: str = ""
     view: ServerView = field(default_factory=ServerView)
+    universe: list[str] = field(default_factory=list)
+    selection: SelectionState | None = None
 
 
 class SecFPPWorkflow:
@@ -226,6 +236,13 @@ class SecFPPWorkflow:
         Seconds to wait for the replies of one exchange.
     site_wait_timeout : float
         Seconds to wait for enough connected sites before a round is skipped.
+    selection : SelectionConfig, optional
+        The verified per-round selection (``cluster-rule = "verified"``,
+        :func:`strategies.clustering.select_clusters`); ``None`` keeps the landmark-and-Lloyd
+        rule (``"lloyd"``).
+    oracle : callable, optional
+        Simulation only (``cluster-oracle``): site id to its true domain; the clusters are the
+        domains, for comparison with what the secure clustering finds.
     """
 
     def __init__(
@@ -238,7 +255,11 @@ class SecFPPWorkflow:
         fraction_train: float = 1.0,
         round_timeout: float = 3600.0,
         site_wait_timeout: float = 0.0,
+        selection: SelectionConfig | None = None,
+        oracle=None,
     ) -> None:
+        self.selection = selection
+        self.oracle = oracle
         self.mode = mode
         self.secure = mode == "secfpp"
         self.training = training
@@ -397,9 +418,9 @@ class SecFPPWorkflow:
         return True
 
     # ------------------------------------------------------------------ 3. train
-    def train(self, grid: Grid, state: FederationState, rnd: RoundState, plan) -> None:
+    def train(self, grid: Grid, state: FederationState, rnd: RoundState) -> None:
         """Exchange 1: send each participant its cluster's ``P_G``; check what comes back."""
-        rnd.sum_labels, rnd.dist_labels, rnd.dist_columns = plan(rnd.participants)
+        rnd.sum_labels, rnd.dist_labels, rnd.dist_columns = self.plan_groups(state, rnd)
         keys = state.keys_view() if self.secure else wire.KeyDirectoryView()
         # The directory sent now fixes the round's committee on every site; a site re-admitted
         # during this exchange changes the directory only from the next round on.
@@ -504,6 +525,20 @@ class SecFPPWorkflow:
         n_sum = max(rnd.sum_labels, default=-1) + 1
         rnd.sum_groups = [g for g in grouped(rnd.sum_labels, n_sum) if g]
         rnd.dist_groups = grouped(rnd.dist_labels, len(rnd.dist_columns))
+        if self.selection is not None and rnd.senders:
+            # The verified rule re-plans its groups over the sites that did share, so they still
+            # partition exactly the measured sites; the announced column count is kept.
+            index = {s: i for i, s in enumerate(rnd.universe)}
+            active = np.zeros(len(rnd.universe), dtype=bool)
+            active[[index[s] for s in rnd.senders]] = True
+            if active.sum() >= floor:
+                groups = rules.plan_groups(
+                    len(rnd.universe), rnd.selection, self.selection, rnd.server_round, active
+                )
+                if len(groups) <= len(rnd.dist_columns):
+                    at = {s: j for j, s in enumerate(rnd.participants)}
+                    rnd.dist_groups = [sorted(at[rnd.universe[i]] for i in g) for g in groups]
+                    rnd.dist_groups += [[] for _ in range(len(rnd.dist_columns) - len(groups))]
 
     def query(self, grid: Grid, state: FederationState, rnd: RoundState, meter=None) -> None:
         """Exchange 2 (SecFPP) or its plaintext equivalent (the twin); decode each value once."""
@@ -694,7 +729,15 @@ class SecFPPWorkflow:
                 "train-accuracy": float(metrics[0] / count),
                 "train-loss": float(10 * metrics[1] / count),
             }
-        new = self._cluster_step(state, rnd, old)
+        if self.oracle is not None:
+            new = _compact(
+                {p: int(self.oracle(p)) for p in participants}
+                | {p: lab for p, lab in old.items() if p not in participants}
+            )
+        elif self.selection is not None:
+            new = self._select(state, rnd, old)
+        else:
+            new = self._cluster_step(state, rnd, old)
         state.cluster_prompts = {}
         for label in sorted(set(new.values())):
             parts = [
@@ -735,6 +778,32 @@ class SecFPPWorkflow:
         noise_norm = sigma / members * np.sqrt(dim)
         return float(min(1.0, self.protocol.dp_clip / noise_norm)) if noise_norm else 1.0
 
+    def _select(
+        self, state: FederationState, rnd: RoundState, old: dict[str, int]
+    ) -> dict[str, int]:
+        """The verified rule's step on the decoded distances (sites that shared are active)."""
+        index = {s: i for i, s in enumerate(rnd.universe)}
+        at = {s: j for j, s in enumerate(rnd.participants)}
+        columns = [c for c, g in enumerate(rnd.dist_groups) if g]
+        groups = [sorted(index[rnd.participants[j]] for j in rnd.dist_groups[c]) for c in columns]
+        scaled = np.full((len(rnd.universe), len(columns)), np.nan)
+        active = np.zeros(len(rnd.universe), dtype=bool)
+        for s in rnd.senders:
+            scaled[index[s]] = rnd.distances[at[s], columns]
+            active[index[s]] = True
+        rnd.view.scaled_distances = np.where(
+            np.array([p in rnd.senders for p in rnd.participants])[:, None],
+            rnd.distances,
+            np.nan,
+        ).tolist()
+        if not groups or sorted(i for g in groups for i in g) != sorted(np.flatnonzero(active)):
+            return dict(old)
+        state.selection = select_clusters(
+            scaled, groups, rnd.selection, self.selection, rnd.server_round, active
+        )
+        labels = {site: int(state.selection.labels[i]) for site, i in index.items()}
+        return _compact({**old, **labels})
+
     def _cluster_step(
         self, state: FederationState, rnd: RoundState, old: dict[str, int]
     ) -> dict[str, int]:
@@ -772,7 +841,7 @@ class SecFPPWorkflow:
         return _compact(new)
 
     def plan_groups(
-        self, state: FederationState, participants: list[str]
+        self, state: FederationState, rnd: RoundState
     ) -> tuple[list[int], list[int], list[int]]:
         """Groups to sum (the clusters the sites trained in) and to measure distances against.
 
@@ -780,7 +849,10 @@ class SecFPPWorkflow:
         distance group its cluster label (``-1`` for a landmark group). A cluster with fewer
         sampled members than ``min-cluster-size`` is neither summed nor measured.
         """
+        participants = rnd.participants
         floor = self.clustering.min_cluster_size
+        if self.selection is not None:
+            return self._plan_verified(state, rnd)
         if not state.labels:
             everyone = 0 if len(participants) >= floor else -1
             groups = landmark_groups(len(participants), self.clustering)
@@ -794,6 +866,36 @@ class SecFPPWorkflow:
         index = {c: i for i, c in enumerate(kept)}
         labels = [index.get(c, -1) for c in current]
         return labels, list(labels), kept
+
+    def _plan_verified(
+        self, state: FederationState, rnd: RoundState
+    ) -> tuple[list[int], list[int], list[int]]:
+        """The verified rule's plan over the federation's fixed site order."""
+        for site in rnd.participants:
+            if site not in state.universe:
+                state.universe.append(site)
+        if state.selection is not None and len(state.selection.labels) < len(state.universe):
+            # A site new to the federation starts in cluster 0 until it is measured.
+            extra = len(state.universe) - len(state.selection.labels)
+            state.selection = SelectionState(
+                labels=state.selection.labels + (0,) * extra,
+                proposal=state.selection.proposal,
+                score=state.selection.score,
+            )
+        rnd.universe, rnd.selection = list(state.universe), state.selection
+        index = {s: i for i, s in enumerate(rnd.universe)}
+        active = np.zeros(len(rnd.universe), dtype=bool)
+        active[[index[s] for s in rnd.participants]] = True
+        groups = rules.plan_groups(
+            len(rnd.universe), state.selection, self.selection, rnd.server_round, active
+        )
+        dist_labels = [-1] * len(rnd.participants)
+        at = {s: j for j, s in enumerate(rnd.participants)}
+        for g, members in enumerate(groups):
+            for i in members:
+                dist_labels[at[rnd.universe[i]]] = g
+        current = [state.labels.get(p, 0) for p in rnd.participants]
+        return current, dist_labels, [-1] * len(groups)
 
     # ------------------------------------------------------------------ final evaluation
     def evaluate(

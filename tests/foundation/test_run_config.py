@@ -58,6 +58,10 @@ BAD = {
     "dp-delta": 1.0,
     "dp-clip": 0.0,
     "committee-size": -1,
+    "cluster-rule": "kmeans",
+    "cluster-score-threshold": 2.0,
+    "cluster-oracle": "yes",
+    "descriptor-prompt-weight": 1.5,
 }
 
 
