@@ -43,6 +43,7 @@ _COLUMNS = (
     ("sites", 5),
     ("train loss", 10),
     ("seconds", 7),
+    ("clusters", 8),
 )
 
 
@@ -160,6 +161,8 @@ class ResultsWriter:
             f"{len(record.sites):>5}",
             f"{loss:>10.4f}",
             f"{record.seconds:>7.1f}",
+            # SecFPP's clusters this round ("skipped" when the round changed nothing).
+            f"{_clusters(record):>8}",
         )
         self.echo(" | ".join(row))
         self._write(plot=True)
@@ -305,3 +308,10 @@ def plot_accuracy(doc: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     _atomic_savefig(fig, path)
     plt.close(fig)
+
+
+def _clusters(record: RoundRecord) -> str:
+    if "skipped" in record.extra:
+        return "skipped"
+    count = record.extra.get("num_clusters")
+    return "-" if count is None else str(count)
