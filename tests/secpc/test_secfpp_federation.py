@@ -123,8 +123,13 @@ def test_server_view_matches_the_twin_and_names_only_groups(secure_run, plain_ru
         assert all(len(g) >= 3 for g in sec.decoded_sum_groups)
         for label, value in sec.cluster_update_sums.items():
             assert np.allclose(value, pla.cluster_update_sums[label], atol=1e-5)
+        # z is quantized at 2^-12 (error <= 2^-13 per value) before sharing: with |C| <= 6 and
+        # z-dim 32 the scaled distance moves by at most about 2 |v| |dv| + |dv|^2 < 0.02.
         assert np.allclose(
-            np.nan_to_num(sec.scaled_distances), np.nan_to_num(pla.scaled_distances), rtol=1e-3
+            np.nan_to_num(sec.scaled_distances),
+            np.nan_to_num(pla.scaled_distances),
+            rtol=0,
+            atol=0.02,
         )
         assert set(sec.evaluations) == set(sec.participants)
 
