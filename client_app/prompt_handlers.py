@@ -360,9 +360,14 @@ def train_clustered(message: Message, context: Context) -> Message:
         reply.shares, figures = seal_shares(context, request, shared, z)
         reply.crypto_seconds = figures["crypto-seconds"]
     else:
+        # The twin sends exactly the values SecFPP secret-shares (clipped and quantized), so
+        # the two differ by the crypto alone, not by rounding.
+        from secpc.params import dequantize, quantize
+
+        up, zp = protocol.update_params, protocol.z_params
         reply.plain = (
-            clip(shared, protocol.update_bound)[0],
-            clip(z, protocol.z_bound)[0],
+            dequantize(quantize(clip(shared, protocol.update_bound)[0], up), up),
+            dequantize(quantize(clip(z, protocol.z_bound)[0], zp), zp),
         )
     return Message(reply.to_content(), reply_to=message)
 
