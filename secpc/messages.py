@@ -168,6 +168,19 @@ def _array(record: ArrayRecord, key: str, where: str) -> np.ndarray:
         raise MalformedMessageError(f"'{where}.{key}' is not an array: {exc}") from exc
 
 
+def _put_offset(content: RecordDict, offset: np.ndarray | None) -> None:
+    """Attach a cluster's ``P_G`` offset (train and evaluate requests carry it alike)."""
+    if offset is not None:
+        content[ARRAYS] = ArrayRecord({OFFSET: Array(offset.astype(np.float32))})
+
+
+def _read_offset(content: RecordDict) -> np.ndarray | None:
+    """The ``P_G`` offset of a request, if it carries one."""
+    if ARRAYS not in content.array_records:
+        return None
+    return _array(content[ARRAYS], OFFSET, ARRAYS)
+
+
 def _groups(flat: list, where: str) -> list[list[int]]:
     """Groups travel as one flat list ``[n0, m.., n1, m.., ...]`` (records hold flat lists)."""
     out, i = [], 0
@@ -310,17 +323,14 @@ class TrainRequest:
         if self.keys.directory:
             cfg |= self.keys.to_config()
         content = RecordDict({CONFIG: ConfigRecord(cfg)})
-        if self.offset is not None:
-            content[ARRAYS] = ArrayRecord({OFFSET: Array(self.offset.astype(np.float32))})
+        _put_offset(content, self.offset)
         return content
 
     @classmethod
     def from_content(cls, content: RecordDict) -> TrainRequest:
         """Parse; raises :class:`MalformedMessageError`."""
         cfg = _need(content, CONFIG, "config")
-        offset = None
-        if ARRAYS in content.array_records:
-            offset = _array(content[ARRAYS], OFFSET, ARRAYS)
+        offset = _read_offset(content)
         training = {k: cfg[k] for k in ("local-epochs", "learning-rate", "batch-size") if k in cfg}
         return cls(
             server_round=_get(cfg, SERVER_ROUND, int, CONFIG),
@@ -565,17 +575,14 @@ class EvaluateRequest:
                 )
             }
         )
-        if self.offset is not None:
-            content[ARRAYS] = ArrayRecord({OFFSET: Array(self.offset.astype(np.float32))})
+        _put_offset(content, self.offset)
         return content
 
     @classmethod
     def from_content(cls, content: RecordDict) -> EvaluateRequest:
         """Parse; raises :class:`MalformedMessageError`."""
         cfg = _need(content, CONFIG, "config")
-        offset = None
-        if ARRAYS in content.array_records:
-            offset = _array(content[ARRAYS], OFFSET, ARRAYS)
+        offset = _read_offset(content)
         return cls(
             _get(cfg, SERVER_ROUND, int, CONFIG),
             _get(cfg, MODE, str, CONFIG),
