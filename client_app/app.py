@@ -2,7 +2,9 @@
 
 In deployment every message starts a fresh ``flwr-clientapp`` process, and importing torch
 costs seconds there; the key-setup and SecPC handlers need only numpy and ``cryptography``,
-so nothing torch-dependent is imported at module level.
+so nothing torch-dependent is imported at module level. Train and evaluate go to the site's
+worker (:mod:`client_app.worker`) when one answers on the site's socket, which keeps torch, the
+backbone and the features loaded between messages; without one they run here.
 """
 
 from __future__ import annotations
@@ -16,17 +18,28 @@ app = ClientApp()
 @app.train()
 def train(message: Message, context: Context) -> Message:
     """Local training (and, for SecFPP, sealing the round's secret shares)."""
-    from .prompt_handlers import train as handle
+    from .worker_link import run_handler
 
-    return handle(message, context)
+    return run_handler("train", message, context, _in_process("train"))
 
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
     """Personalized accuracy on the site's held-out images."""
-    from .prompt_handlers import evaluate as handle
+    from .worker_link import run_handler
 
-    return handle(message, context)
+    return run_handler("evaluate", message, context, _in_process("evaluate"))
+
+
+def _in_process(op: str):
+    """The torch handler ``op``, imported only when it runs here."""
+
+    def handle(message: Message, context: Context) -> Message:
+        from . import prompt_handlers
+
+        return getattr(prompt_handlers, op)(message, context)
+
+    return handle
 
 
 @app.query("keysetup")
