@@ -155,6 +155,10 @@ def _run(
             )
         done = strategy.load_state_dict(json.loads(checkpoint.read_text()))
         writer.start(resumed_after=done)
+        if hasattr(strategy, "unmeasured"):
+            # A stop between round `done` and the exchange that evaluates it lost that
+            # evaluation; this run's first exchange measures the same (checkpointed) prompts.
+            strategy.unmeasured = writer.unmeasured_round(done)
         rounds -= done
         if rounds <= 0:
             writer.echo(f"resume: all {settings.num_server_rounds} rounds were already done")

@@ -148,6 +148,33 @@ class ResultsWriter:
         """Continue the previous results of a run resumed after ``completed_round``."""
         self.start(resumed_after=completed_round)
 
+    def unmeasured_round(self, server_round: int) -> RoundRecord | None:
+        """A record for a kept round that has no evaluation yet, to be measured on resume.
+
+        Parameters
+        ----------
+        server_round : int
+            The round a resumed run continues after.
+
+        Returns
+        -------
+        RoundRecord or None
+            ``None`` when the latest kept row of ``server_round`` holds site evaluations;
+            otherwise a record with that row's training facts (or none, when the row was never
+            written) marked ``evaluation: measured after resume``.
+        """
+        rows = [r for r in self.kept_rounds if r["server_round"] == server_round]
+        if rows and rows[-1].get("sites"):
+            return None
+        last = rows[-1] if rows else {}
+        return RoundRecord(
+            server_round=server_round,
+            train_metrics=dict(last.get("train_metrics") or {}),
+            seconds=float(last.get("seconds") or 0.0),
+            extra={**(last.get("extra") or {}), "evaluation": "measured after resume"},
+            cost=dict(last.get("cost") or {}),
+        )
+
     def on_round(self, record: RoundRecord) -> None:
         """Print the round's row and rewrite the JSON file and the plot."""
         if not self.records:
@@ -233,12 +260,12 @@ class ResultsWriter:
         self.finish("stopped" if stopped else "failed", message)
 
 
-def _atomic_savefig(fig, path: Path) -> None:
+def _atomic_savefig(fig, path: Path, metadata: dict[str, str] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(fd)
     try:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -306,8 +333,25 @@ def plot_accuracy(doc: dict[str, Any], path: Path) -> None:
         title += f" ({status})"
     ax.set_title(title)
     fig.tight_layout()
-    _atomic_savefig(fig, path)
+    # PNG text chunks say what is drawn, so a reader (or a test) need not trust the pixels.
+    _atomic_savefig(fig, path, metadata=plot_metadata(doc))
     plt.close(fig)
+
+
+def plot_metadata(doc: dict[str, Any]) -> dict[str, str]:
+    """The PNG text chunks of the plot: the rounds drawn, the resumes marked, the status."""
+    current = sorted(r["server_round"] for r in doc["rounds"] if not r.get("superseded"))
+    resumes = [
+        s["resumed_after_round"]
+        for s in doc.get("segments", [])
+        if s.get("resumed_after_round") is not None
+    ]
+    return {
+        "Title": f"SecFPP accuracy: {doc.get('strategy', '')}",
+        "Rounds": ",".join(map(str, current)),
+        "Resumed-after": ",".join(map(str, resumes)),
+        "Status": str(doc.get("status", "")),
+    }
 
 
 def _clusters(record: RoundRecord) -> str:

@@ -93,6 +93,9 @@ class SecFPP(PromptStrategy):
         self.oracle = oracle
         self.state = FederationState()
         self.round_offset = 0
+        # Set on resume: the checkpointed round whose evaluation the stopped run never got
+        # (evaluations ride on the next exchange); this run's first exchange measures it.
+        self.unmeasured: RoundRecord | None = None
         self.views: list[ServerView] = []
 
     @classmethod
@@ -235,42 +238,64 @@ class SecFPP(PromptStrategy):
         self.check_before_start(grid)
         workflow = self.workflow(timeout)
         total = num_rounds + self.round_offset
-        pending: list[RoundRecord] = []
+        pending: list[RoundRecord] = [self.unmeasured] if self.unmeasured else []
         last_nodes: dict[str, int] = {}
-        real = self.round_offset
-        for r in range(1, num_rounds + 1):
-            real = r + self.round_offset
-            log.info("[ROUND %d/%d] %s", real, total, self.mode_name)
-            started = time.perf_counter()
-            rnd = workflow.sample(grid, self.state, real)
-            if not rnd.skipped:
-                workflow.keys(grid, self.state, rnd)
-            if not rnd.skipped:
-                workflow.train(grid, self.state, rnd)
-                self._close(pending, rnd.evaluations)
-                workflow.query(grid, self.state, rnd, self.meter)
-                last_nodes = rnd.nodes or last_nodes
-            record = RoundRecord(server_round=real)
-            if self.meter is not None:
-                for reply in rnd.replies.values():
-                    self.meter.add_seconds(real, "crypto_site", reply.crypto_seconds)
-                    self.meter.add_seconds(real, "train_site", reply.train_seconds)
-            if rnd.skipped or rnd.sums is None:
-                reason = rnd.skipped or "nothing decoded"
-                log.warning("round %d skipped: %s; prompts and clusters unchanged", real, reason)
-                record.extra = {"skipped": reason}
-            else:
-                record.train_metrics = workflow.update(self.state, rnd)
-                record.extra = self._round_facts(rnd)
-            self.views.append(rnd.view)
-            self._checkpoint(real)
-            record.seconds = time.perf_counter() - started
-            pending.append(record)
-        if pending and last_nodes:
-            self._close(pending, workflow.evaluate(grid, self.state, real, last_nodes))
-        for record in pending:
-            self._publish(record)
+        try:
+            for r in range(1, num_rounds + 1):
+                record, nodes = self._round(workflow, grid, r + self.round_offset, total, pending)
+                last_nodes = nodes or last_nodes
+                pending.append(record)
+            if pending and last_nodes:
+                self._close(pending, workflow.evaluate(grid, self.state, total, last_nodes))
+        except BaseException:
+            # A stop or failure before the exchange that evaluates these rounds: keep what
+            # they did; a resumed run measures the last one (``unmeasured``).
+            for record in pending:
+                record.extra["evaluation"] = "not measured: the run ended before it"
+            raise
+        finally:
+            for record in pending:
+                self._publish(record)
         return Result(arrays=self._current_arrays())
+
+    def _round(
+        self,
+        workflow: SecFPPWorkflow,
+        grid: Grid,
+        real: int,
+        total: int,
+        pending: list[RoundRecord],
+    ) -> tuple[RoundRecord, dict[str, int]]:
+        """One round of the workflow; its record and the nodes that took part.
+
+        The round's train exchange carries the evaluations of the prompts the earlier rounds
+        left, which close the ``pending`` records.
+        """
+        log.info("[ROUND %d/%d] %s", real, total, self.mode_name)
+        started = time.perf_counter()
+        rnd = workflow.sample(grid, self.state, real)
+        if not rnd.skipped:
+            workflow.keys(grid, self.state, rnd)
+        if not rnd.skipped:
+            workflow.train(grid, self.state, rnd)
+            self._close(pending, rnd.evaluations)
+            workflow.query(grid, self.state, rnd, self.meter)
+        record = RoundRecord(server_round=real)
+        if self.meter is not None:
+            for reply in rnd.replies.values():
+                self.meter.add_seconds(real, "crypto_site", reply.crypto_seconds)
+                self.meter.add_seconds(real, "train_site", reply.train_seconds)
+        if rnd.skipped or rnd.sums is None:
+            reason = rnd.skipped or "nothing decoded"
+            log.warning("round %d skipped: %s; prompts and clusters unchanged", real, reason)
+            record.extra = {"skipped": reason}
+        else:
+            record.train_metrics = workflow.update(self.state, rnd)
+            record.extra = self._round_facts(rnd)
+        self.views.append(rnd.view)
+        self._checkpoint(real)
+        record.seconds = time.perf_counter() - started
+        return record, rnd.nodes if not rnd.skipped else {}
 
     def _round_facts(self, rnd: RoundState) -> dict:
         sizes = rnd.view.cluster_sizes

@@ -419,11 +419,45 @@ class SecFPPWorkflow:
 
     # ------------------------------------------------------------------ 3. train
     def train(self, grid: Grid, state: FederationState, rnd: RoundState) -> None:
-        """Exchange 1: send each participant its cluster's ``P_G``; check what comes back."""
+        """Exchange 1: send each participant its cluster's ``P_G``; check what comes back.
+
+        A site that restarted (and so lost its session key) answers with a fresh signed key
+        instead of training and is re-admitted. When the round would then fall short of the
+        sites it needs, the exchange runs once more with the new directory, so a site that
+        comes back after an outage rejoins in the round it returns instead of costing it.
+        """
         rnd.sum_labels, rnd.dist_labels, rnd.dist_columns = self.plan_groups(state, rnd)
+        readmitted = self._train_exchange(grid, state, rnd)
+        if readmitted and len(rnd.replies) < self.min_sites:
+            log.warning(
+                "round %d: %d sites trained, %d needed, after %s came back without a session "
+                "key; training again with the new key directory",
+                rnd.server_round,
+                len(rnd.replies),
+                self.min_sites,
+                ", ".join(readmitted),
+            )
+            rnd.replies.clear()
+            self._train_exchange(grid, state, rnd)
+        dims = sorted({r.update_dim for r in rnd.replies.values()})
+        if len(dims) > 1:
+            # The majority size is the prompt's; a site reporting another is left out.
+            majority = max(dims, key=lambda d: sum(r.update_dim == d for r in rnd.replies.values()))
+            for site in [s for s, r in rnd.replies.items() if r.update_dim != majority]:
+                log.warning("round %d: %s left out: prompt size differs", rnd.server_round, site)
+                del rnd.replies[site]
+        rnd.senders = sorted(rnd.replies, key=natural_key)
+        if rnd.replies:
+            state.update_dim = next(iter(rnd.replies.values())).update_dim
+        rnd.view.server_round = rnd.server_round
+        rnd.view.participants = list(rnd.participants)
+        rnd.view.evaluations = {s: vars(e) for s, e in rnd.evaluations.items()}
+
+    def _train_exchange(self, grid: Grid, state: FederationState, rnd: RoundState) -> list[str]:
+        """Send the train requests and keep the valid replies; return the re-admitted sites."""
         keys = state.keys_view() if self.secure else wire.KeyDirectoryView()
-        # The directory sent now fixes the round's committee on every site; a site re-admitted
-        # during this exchange changes the directory only from the next round on.
+        # The directory sent now fixes the exchange's committee on every site; a site
+        # re-admitted during it changes the directory from the next exchange on.
         rnd.keys = keys
         if self.secure:
             rnd.committee = self.protocol.committee_for(
@@ -431,6 +465,7 @@ class SecFPPWorkflow:
             )
             rnd.view.committee = list(rnd.committee)
         messages = []
+        readmitted = []
         for site in rnd.participants:
             request = wire.TrainRequest(
                 server_round=rnd.server_round,
@@ -460,28 +495,16 @@ class SecFPPWorkflow:
             if parsed.rekey:
                 if self.admit(grid, state, site, parsed.rekey):
                     log.warning(
-                        "round %d: %s restarted without its session key; re-admitted from the "
-                        "next round",
+                        "round %d: %s restarted without its session key; re-admitted",
                         rnd.server_round,
                         site,
                     )
+                    readmitted.append(site)
                 continue
             rnd.replies[site] = parsed
             if parsed.evaluation is not None:
                 rnd.evaluations[site] = parsed.evaluation
-        dims = sorted({r.update_dim for r in rnd.replies.values()})
-        if len(dims) > 1:
-            # The majority size is the prompt's; a site reporting another is left out.
-            majority = max(dims, key=lambda d: sum(r.update_dim == d for r in rnd.replies.values()))
-            for site in [s for s, r in rnd.replies.items() if r.update_dim != majority]:
-                log.warning("round %d: %s left out: prompt size differs", rnd.server_round, site)
-                del rnd.replies[site]
-        rnd.senders = sorted(rnd.replies, key=natural_key)
-        if rnd.replies:
-            state.update_dim = next(iter(rnd.replies.values())).update_dim
-        rnd.view.server_round = rnd.server_round
-        rnd.view.participants = list(rnd.participants)
-        rnd.view.evaluations = {s: vars(e) for s, e in rnd.evaluations.items()}
+        return readmitted
 
     def _check_train_reply(
         self, state: FederationState, rnd: RoundState, reply: Message

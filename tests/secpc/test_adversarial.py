@@ -178,7 +178,8 @@ def test_everyone_dropping_in_exchange_two_skips_only_that_round(federation):
     assert rounds[1].extra.get("assignment")
 
 
-def test_a_restarted_site_rejoins_from_the_next_round(federation):
+def _run_with_a_restart(federation, name, rounds, **config):
+    """Run SecFPP where site-5 loses its in-memory state after round 1 (a restart)."""
     from server_app.inprocess_grid import InProcessGrid
 
     grids = []
@@ -198,11 +199,29 @@ def test_a_restarted_site_rejoins_from_the_next_round(federation):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(InProcessGrid, "__init__", remember)
-        run, _ = federation("secfpp", "adv-restart", rounds=3, reply_hook=restart)
+        run, _ = federation("secfpp", name, rounds=rounds, reply_hook=restart, **config)
+    return run
+
+
+def test_a_restarted_site_rejoins_from_the_next_round(federation):
+    run = _run_with_a_restart(federation, "adv-restart", rounds=3)
     senders = [v.senders for v in run.views]
     assert "site-5" in senders[0]
     assert "site-5" not in senders[1]  # re-announced its key instead of sharing
     assert "site-5" in senders[2]  # and takes part again
+    assert all(r.extra.get("assignment") for r in run.writer.records)
+
+
+def test_a_round_that_needs_the_restarted_site_trains_again_with_it(federation):
+    # Every site is needed (clusters of at least 6): without the restarted one round 2 is lost.
+    config = {"min-sites": SITES, "min-cluster-size": SITES}
+    run = _run_with_a_restart(federation, "adv-restart-all", rounds=3, **config)
+    senders = [v.senders for v in run.views]
+    assert len(senders[1]) == SITES and "site-5" in senders[1]
+    records = run.writer.records
+    assert "skipped" not in records[1].extra, records[1].extra
+    # Round 2 has no key setup but trains twice: key setup, train, query vs train x2, query.
+    assert records[1].cost["exchanges"] == records[0].cost["exchanges"] == 3
 
 
 def test_every_field_that_leaves_a_site_is_declared(honest, sites_root):

@@ -252,6 +252,40 @@ def test_checkpoint_and_resume(tmp_path, sites_root):
     )
 
 
+def test_a_stop_before_a_round_is_evaluated_loses_nothing_on_resume(tmp_path, sites_root):
+    """Evaluations ride on the next exchange; a stop in between must not cost round 1's."""
+    from PIL import Image
+
+    def stop_at_round_2(node_id, reply):
+        meta = reply.metadata
+        if meta.message_type == "train" and meta.group_id == "2":
+            raise KeyboardInterrupt  # what `flwr stop` looks like to the ServerApp
+        return reply
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, sites_root, "clustered", "t-stop", rounds=3, reply_hook=stop_at_round_2)
+    folder = tmp_path / "out" / "t-stop"
+    doc = json.loads((folder / "results.json").read_text())
+    assert doc["status"] == "stopped"
+    (row,) = doc["rounds"]
+    assert row["server_round"] == 1 and row["sites"] == []
+    assert row["extra"]["evaluation"].startswith("not measured")
+    assert row["extra"]["num_clusters"] >= 1  # the round's own facts are kept
+    assert json.loads((folder / "checkpoint.json").read_text())["completed_round"] == 1
+
+    resumed = run(tmp_path, sites_root, "clustered", "t-stop", rounds=3, resume=True)
+    doc = strategy_views(resumed)
+    rows = [(r["server_round"], r["segment"], r["superseded"]) for r in doc["rounds"]]
+    assert rows == [(1, 0, True), (1, 1, False), (2, 1, False), (3, 1, False)]
+    current = [r for r in doc["rounds"] if not r["superseded"]]
+    assert all(len(r["sites"]) == SITES for r in current), current
+    assert current[0]["extra"]["evaluation"] == "measured after resume"
+    assert current[0]["extra"]["num_clusters"] == row["extra"]["num_clusters"]
+    assert doc["status"] == "completed" and doc["final_mean_accuracy"] is not None
+    png = Image.open(folder / "accuracy.png").text
+    assert (png["Rounds"], png["Resumed-after"], png["Status"]) == ("1,2,3", "1", "completed")
+
+
 def test_refuses_thresholds_it_cannot_decode(tmp_path, sites_root):
     with pytest.raises(ValueError, match="secure-t"):
         run(tmp_path, sites_root, "secfpp", "t-refuse", rounds=1, **{"secure-t": 4, "min-sites": 9})
