@@ -207,6 +207,19 @@ def forward(
         conn.close()
 
 
+def _show_info_lines() -> None:
+    """Print this app's INFO lines in a ``flwr-clientapp`` process, where nothing else does.
+
+    Flower configures only its own ``flwr`` logger; without a handler anywhere Python prints
+    warnings only, and the site's log would not say whether the worker answered.
+    """
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def run_handler(
     op: str,
     message: Message,
@@ -222,6 +235,7 @@ def run_handler(
     path = context.node_config.get("site-config")
     if path is None or os.environ.get(ENV_SWITCH, "").lower() in ("0", "off", "no", "false"):
         return in_process(message, context)
+    _show_info_lines()
     from .site_config import load_site_config
 
     site = load_site_config(str(path))

@@ -250,6 +250,7 @@ class LocalFederation:
         self.port = 0
         self.superlink: ManagedProcess | None = None
         self.supernodes: list[SuperNode] = []
+        self.workers: list[ManagedProcess] = []  # per-site workers (``add_site(worker=True)``)
         self.stragglers: list[tuple[int, str]] = []  # outlived their parents; killed by PID
         self.leftovers: list[tuple[int, str]] = []  # still alive after stop (should be empty)
         self._bin = Path(sys.executable).parent
@@ -289,8 +290,13 @@ class LocalFederation:
         path = self._bin / name
         return str(path) if path.exists() else (shutil.which(name) or name)
 
-    def spawn(self, name: str, argv: Sequence[str], cwd: Path) -> ManagedProcess:
-        """Start ``argv`` in its own process group with this federation's environment and log."""
+    def spawn(
+        self, name: str, argv: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None
+    ) -> ManagedProcess:
+        """Start ``argv`` in its own process group with this federation's environment and log.
+
+        ``env`` adds or replaces variables (Flower's switches and the marker always stay).
+        """
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:
@@ -299,7 +305,9 @@ class LocalFederation:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self._env,
+                env={**self._env, **env, **FLOWER_ENV, MARKER_VAR: self.marker}
+                if env
+                else self._env,
                 cwd=cwd,
                 start_new_session=True,
             )
@@ -345,7 +353,7 @@ class LocalFederation:
 
     def _logs_text(self, lines: int = 40) -> str:
         parts = []
-        procs = [n.process for n in self.supernodes]
+        procs = [n.process for n in self.supernodes] + self.workers
         if self.superlink is not None:
             procs.insert(0, self.superlink)
         for proc in procs:
@@ -537,13 +545,16 @@ class LocalFederation:
         seed: int = 0,
         register: bool = True,
         site_identities: bool = False,
+        worker: bool = False,
     ) -> SuperNode:
         """Write a site YAML under ``workdir/sites/<site_id>`` and start its SuperNode.
 
         The site's state directory is ``workdir/sites/<site_id>/state``; with ``credentials``
         (a ``deploy.credentials`` folder) the site uses ``<credentials>/<site_id>/identity.key``
         as identity and ``auth.key`` for SuperNode authentication, and with ``site_identities``
-        also ``<credentials>/site-identities.yaml`` (site YAML key ``site-identities``).
+        also ``<credentials>/site-identities.yaml`` (site YAML key ``site-identities``). With
+        ``worker`` the site's worker (``python -m client_app.worker``, see
+        :meth:`add_worker`) runs beside the SuperNode, as ``deploy/run-supernode.sh`` starts it.
         """
         site_dir = self.workdir / "sites" / site_id
         creds = Path(credentials).resolve() if credentials else None
@@ -557,13 +568,55 @@ class LocalFederation:
             device=device,
             seed=seed,
         )
-        return self.add_supernode(
+        node = self.add_supernode(
             site_id,
             {"site-config": str(yaml_path)},
             auth_key=creds / site_id / "auth.key" if creds and self.supernode_auth else None,
             register=register,
             cwd=site_dir,
         )
+        if worker:
+            self.add_worker(site_id, yaml_path, parent=node)
+        return node
+
+    def add_worker(
+        self, name: str, site_yaml: Path | str, *, parent: SuperNode | None = None
+    ) -> ManagedProcess:
+        """Start a site's worker and wait until its socket exists (it warms up after that).
+
+        Parameters
+        ----------
+        name : str
+            Site name (log file ``worker-<name>.log``).
+        site_yaml : Path
+            The site YAML, the same path as the SuperNode's ``site-config``.
+        parent : SuperNode, optional
+            The worker exits when this SuperNode's process does.
+        """
+        import client_app
+        from client_app.site_config import load_site_config
+        from client_app.worker_link import socket_path
+
+        sock = socket_path(load_site_config(str(site_yaml)).state_path)
+        argv = [sys.executable, "-m", "client_app.worker", "--site-config", str(site_yaml)]
+        if parent is not None:
+            argv += ["--parent-pid", str(parent.process.pid)]
+        # The worker runs the code this process imported (the app it submits, in tests and
+        # benchmarks), whatever else is installed.
+        code_root = str(Path(client_app.__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (code_root, os.environ.get("PYTHONPATH", "")) if p)
+        proc = self.spawn(
+            f"worker-{name}", argv, cwd=Path(site_yaml).parent, env={"PYTHONPATH": path}
+        )
+        self.workers.append(proc)
+        deadline = time.monotonic() + self.startup_timeout
+        while not sock.exists():
+            if not proc.alive():
+                raise FederationError(f"the worker of {name} exited" + self.logs())
+            if time.monotonic() > deadline:
+                raise FederationError(f"the worker of {name} did not listen" + self.logs())
+            time.sleep(0.2)
+        return proc
 
     def _online_ids(self) -> set[int]:
         return {int(n["node-id"]) for n in self.list_nodes() if str(n.get("status")) == "online"}
@@ -636,7 +689,7 @@ class LocalFederation:
         node.process.stop(grace)
 
     def stop(self, grace: float = 10.0, settle: float = 15.0) -> None:
-        """Stop SuperNodes (newest first), then the SuperLink, then any straggler by PID.
+        """Stop SuperNodes (newest first), site workers, the SuperLink, then stragglers by PID.
 
         Flower's SuperExec watches its parent's PID and exits on its own; processes still
         alive ``settle`` seconds after their parents are recorded in :attr:`stragglers` and
@@ -644,6 +697,8 @@ class LocalFederation:
         """
         for node in reversed(self.supernodes):
             node.process.stop(grace)
+        for proc in reversed(self.workers):
+            proc.stop(grace)
         if self.superlink is not None:
             self.superlink.stop(grace)
         deadline = time.monotonic() + settle

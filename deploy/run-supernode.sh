@@ -2,18 +2,21 @@
 # Start one site's SuperNode from its site YAML.
 #
 #   deploy/run-supernode.sh --site-config /abs/site.yaml --superlink HOST:8000 \
-#       [--ca-cert ca.crt] [--auth-key auth.key] [--port 9094]
+#       [--ca-cert ca.crt] [--auth-key auth.key] [--port 9094] [--no-worker]
 #
 # By default the TLS root certificate is ../ca.crt and the authentication key is auth.key, both
 # next to the site's `identity-key` (the layout `python -m deploy.credentials` writes:
 # <creds>/ca.crt, <creds>/<site>/{auth.key,identity.key}). The SuperNode runs in the site's
 # `state-dir`. Give each SuperNode on one machine its own --port.
+# Beside it runs the site's worker (python -m client_app.worker), which keeps torch, the backbone
+# and the site's features loaded between messages; it is restarted if it dies and exits with the
+# SuperNode. --no-worker leaves it out (every message then loads them itself: slower).
 set -euo pipefail
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "run-supernode.sh: error: $*" >&2; exit 2; }
 
-SITE="" SUPERLINK="" CA="" KEY="" PORT="9094"
+SITE="" SUPERLINK="" CA="" KEY="" PORT="9094" WORKER=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --site-config) SITE="${2:-}"; shift 2 ;;
@@ -21,6 +24,7 @@ while [[ $# -gt 0 ]]; do
     --ca-cert) CA="${2:-}"; shift 2 ;;
     --auth-key) KEY="${2:-}"; shift 2 ;;
     --port) PORT="${2:-}"; shift 2 ;;
+    --no-worker) WORKER=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
@@ -85,6 +89,23 @@ export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 \
   FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 RAY_USAGE_STATS_ENABLED=0 \
   HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 echo "run-supernode.sh: site $SITE_ID, state $STATE_DIR, SuperLink $SUPERLINK" >&2
+if [[ "$WORKER" == 1 ]] && ! python -c "import client_app.worker" 2>/dev/null; then
+  echo "run-supernode.sh: warning: client_app.worker is not importable here (pip install the" \
+    "project into this virtualenv); running without the site worker (slower)" >&2
+  WORKER=0
+fi
+if [[ "$WORKER" == 1 ]]; then
+  # $$ stays this script's PID across `exec`: it becomes the SuperNode's.
+  SUPERNODE_PID=$$
+  (
+    while kill -0 "$SUPERNODE_PID" 2>/dev/null; do
+      python -m client_app.worker --site-config "$SITE" --parent-pid "$SUPERNODE_PID" || true
+      kill -0 "$SUPERNODE_PID" 2>/dev/null || break
+      echo "run-supernode.sh: the worker of $SITE_ID exited; restarting it in 5 s" >&2
+      sleep 5
+    done
+  ) </dev/null &
+fi
 exec flower-supernode \
   --superlink "$SUPERLINK" \
   --root-certificates "$CA" \

@@ -2,14 +2,24 @@
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from client_app.worker_link import socket_path
 from deploy.credentials import generate
-from deploy.local_federation import HOST, LocalFederation, SuperNode, free_port, write_site_yaml
+from deploy.local_federation import (
+    HOST,
+    LocalFederation,
+    SuperNode,
+    free_port,
+    marked_processes,
+    write_site_yaml,
+)
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SUPERLINK = DEPLOY / "run-superlink.sh"
@@ -117,6 +127,39 @@ def test_scripts_start_a_tls_federation_with_a_registered_site(tmp_path, creds):
         assert (state / "superlink.db").is_file()
         assert (state / "superlink.log").is_file()
         assert (tmp_path / "site-a" / "state").is_dir()
+        # The script starts the site's worker beside the SuperNode and restarts it if it dies.
+        sock = socket_path(tmp_path / "site-a" / "state")
+        first = _wait_for_worker(fed, sock)
+        os.kill(first, signal.SIGKILL)
+        second = _wait_for_worker(fed, sock, not_pid=first)
+        assert second != first
     finally:
         fed.stop()
-    assert fed.leftovers == []
+    assert fed.leftovers == []  # the worker and its restart loop stopped with the SuperNode
+
+
+def _listening(sock) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(sock))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def _wait_for_worker(fed, sock, not_pid=None, timeout=180.0):
+    """PID of the site worker once one (other than ``not_pid``) runs and its socket exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = [
+            pid
+            for pid, cmd in marked_processes(fed.marker)
+            if "client_app.worker" in cmd and "-c" not in cmd.split()
+        ]
+        pids = [pid for pid in pids if pid != not_pid]
+        if pids and _listening(sock):
+            return pids[0]
+        time.sleep(0.5)
+    raise AssertionError("the site worker never (re)started" + fed.logs())
