@@ -8,6 +8,7 @@ keyed by what determines them.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -72,7 +73,11 @@ class SiteRuntime:
         return HierarchicalPrompt(self.global_init, len(self.data.class_names)).to(self.device)
 
 
-_RUNTIMES: dict[tuple, SiteRuntime] = {}
+#: Runtimes kept per process, least recently used dropped first: a deployed site's process
+#: holds one, but a simulation worker serves every simulated site in turn (1,000 in the scale
+#: run) and must not keep all their images; a dropped site reloads its features from disk.
+MAX_RUNTIMES = 32
+_RUNTIMES: OrderedDict[tuple, SiteRuntime] = OrderedDict()
 
 
 def site_runtime(config: SiteConfig, settings: ClientSettings) -> SiteRuntime:
@@ -95,6 +100,7 @@ def site_runtime(config: SiteConfig, settings: ClientSettings) -> SiteRuntime:
     )
     key = (config, settings.backbone, prompt_config)
     if key in _RUNTIMES:
+        _RUNTIMES.move_to_end(key)
         return _RUNTIMES[key]
     device = resolve_device(config.device)
     backbone = _backbone(settings.backbone, str(device))
@@ -119,4 +125,6 @@ def site_runtime(config: SiteConfig, settings: ClientSettings) -> SiteRuntime:
         global_init=initial_global_context(backbone, prompt_config),
     )
     _RUNTIMES[key] = runtime
+    while len(_RUNTIMES) > MAX_RUNTIMES:
+        _RUNTIMES.popitem(last=False)
     return runtime

@@ -35,6 +35,8 @@ class ClientSettings:
         Parent folder of simulated sites' state directories.
     sim_device : str
         Device of simulated sites.
+    sim_max_images : int
+        At most this many images per simulated site (0: all of its partition).
     seed : int
         Federation seed.
     """
@@ -49,6 +51,7 @@ class ClientSettings:
     sim_state_root: str
     sim_device: str
     seed: int
+    sim_max_images: int = 0
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> ClientSettings:
@@ -72,6 +75,7 @@ class ClientSettings:
             ("n-ctx", 4, lambda v: v >= 1, "an integer >= 1"),
             ("num-domains", 4, lambda v: 1 <= v <= 4, "an integer in [1, 4]"),
             ("dirichlet-alpha", 0.5, lambda v: v > 0, "a number > 0"),
+            ("sim-max-images", 0, lambda v: v >= 0, "an integer >= 0 (0: no cap)"),
         ):
             value = get(key, default)
             if not ok(value):
@@ -87,6 +91,7 @@ class ClientSettings:
             sim_state_root=get("sim-state-root", "~/.cache/secfpp/sim"),
             sim_device=get("device", "auto"),
             seed=seed,
+            sim_max_images=get("sim-max-images", 0),
         )
 
 
@@ -118,6 +123,7 @@ def site_config_from_context(node_config: dict[str, Any], settings: ClientSettin
             device=settings.sim_device,
             num_domains=min(settings.num_domains, int(node_config["num-partitions"])),
             dirichlet_alpha=settings.dirichlet_alpha,
+            max_images=settings.sim_max_images,
         )
     raise SiteConfigError(
         "<node-config>",

@@ -368,6 +368,7 @@ def simulated_site_config(
     device: str = "auto",
     num_domains: int = 4,
     dirichlet_alpha: float = 0.5,
+    max_images: int = 0,
 ) -> SiteConfig:
     """Build the site configuration a simulated SuperNode uses (no file needed).
 
@@ -387,6 +388,8 @@ def simulated_site_config(
         Number of visual domains.
     dirichlet_alpha : float
         Label skew within each domain.
+    max_images : int
+        At most this many of the partition's images (0: all), e.g. for 1,000 small sites.
 
     Returns
     -------
@@ -401,6 +404,7 @@ def simulated_site_config(
             num_partitions=num_partitions,
             num_domains=num_domains,
             dirichlet_alpha=dirichlet_alpha,
+            max_images=max_images,
         ),
         state_dir=str(Path(state_root).expanduser() / f"site-{partition_id}"),
         device=device,

@@ -129,6 +129,9 @@ SCHEMA: dict[str, KeySpec] = {
     ),
     "device": KeySpec(str, lambda v: bool(_DEVICE.match(v)), "auto, cpu, cuda or cuda:<index>"),
     "sim-state-root": KeySpec(str, _path_set, "a folder path"),
+    "sim-max-images": KeySpec(
+        int, lambda v: v >= 0, "an integer >= 0", "0 keeps every image of a site's partition"
+    ),
     "resume": KeySpec(bool, None, "true or false"),
     "secure-k": KeySpec(int, lambda v: v >= 1, "an integer >= 1"),
     "secure-t": KeySpec(

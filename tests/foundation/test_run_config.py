@@ -39,6 +39,7 @@ BAD = {
     "dirichlet-alpha": 0.0,
     "device": "gpu",
     "sim-state-root": "",
+    "sim-max-images": -1,
     "resume": 1,
     "secure-k": 0,
     "secure-t": 0,

@@ -150,3 +150,22 @@ def test_image_folder_source(tmp_path):
     assert data.class_names == ("cat", "dog")
     assert data.train_images.shape[1:] == (16, 16, 3)
     assert len(data.train_labels) + len(data.test_labels) == 6
+
+
+def test_simulated_sites_take_their_image_cap_from_the_run_config(tmp_path):
+    from client_app.data import load_site_data
+    from client_app.settings import ClientSettings, site_config_from_context
+
+    node = {"partition-id": 7, "num-partitions": 50}
+    base = {"sim-state-root": str(tmp_path), "num-domains": 2}
+    capped = site_config_from_context(
+        node, ClientSettings.from_run_config({**base, "sim-max-images": 5})
+    )
+    whole = site_config_from_context(node, ClientSettings.from_run_config(base))
+    assert (capped.data.max_images, whole.data.max_images) == (5, 0)
+    capped_data, whole_data = load_site_data(capped), load_site_data(whole)
+    n_capped = len(capped_data.train_labels) + len(capped_data.test_labels)
+    n_whole = len(whole_data.train_labels) + len(whole_data.test_labels)
+    assert n_capped == 5 < n_whole
+    with pytest.raises(ValueError, match="sim-max-images"):
+        ClientSettings.from_run_config({**base, "sim-max-images": -1})
