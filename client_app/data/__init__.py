@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -66,14 +67,8 @@ def load_site_data(config: SiteConfig) -> SiteData:
         indices = np.arange(len(labels))
         domain = "image-folder"
     else:
-        glyphs, labels, names = (
-            (*digits_glyphs(), DIGIT_NAMES)
-            if base == "digits-domains"
-            else (*fashion_mnist_glyphs(), FASHION_NAMES)
-        )
-        parts = partition_indices(
-            labels, d.num_partitions, d.num_domains, d.dirichlet_alpha, config.seed
-        )
+        glyphs, labels, names = _embedded(base)
+        parts = _partition(base, d.num_partitions, d.num_domains, d.dirichlet_alpha, config.seed)
         indices = parts[d.partition_id]
         domain = DOMAINS[domain_of(d.partition_id, d.num_domains)]
         labels = labels[indices]
@@ -103,3 +98,23 @@ def load_site_data(config: SiteConfig) -> SiteData:
         domain=domain,
         indices=indices,
     )
+
+
+# One simulation worker builds many sites of the same split in turn (1,000 in the scale run):
+# the source and its partition are read and computed once per process, read-only.
+@lru_cache(maxsize=2)
+def _embedded(base: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    glyphs, labels = digits_glyphs() if base == "digits-domains" else fashion_mnist_glyphs()
+    glyphs.setflags(write=False)
+    labels.setflags(write=False)
+    return glyphs, labels, tuple(DIGIT_NAMES if base == "digits-domains" else FASHION_NAMES)
+
+
+@lru_cache(maxsize=4)
+def _partition(
+    base: str, num_partitions: int, num_domains: int, alpha: float, seed: int
+) -> tuple[np.ndarray, ...]:
+    parts = partition_indices(_embedded(base)[1], num_partitions, num_domains, alpha, seed)
+    for part in parts:
+        part.setflags(write=False)
+    return tuple(parts)
