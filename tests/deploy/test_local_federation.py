@@ -151,12 +151,12 @@ def test_simulation_mode(tmp_path):
         assert "num-supernodes = 3" in (fed.flwr_home / "config.toml").read_text()
         with pytest.raises(FederationError):
             fed.add_supernode("a")
-        result = fed.run(ECHO_APP, {"num-server-rounds": 1}, timeout=240)
+        result = fed.run(ECHO_APP, {"num-server-rounds": 1, "min-nodes": 3}, timeout=240)
         assert result.ok, result.describe() + fed.logs()
         # --federation-config overrides the connection's options per run.
         result = fed.run(
             ECHO_APP,
-            {"num-server-rounds": 1},
+            {"num-server-rounds": 1, "min-nodes": 2},
             federation_config={"num-supernodes": 2},
             timeout=240,
         )

@@ -20,7 +20,7 @@ def main(grid: Grid, context: Context) -> None:
     nodes = []
     for _ in range(60):
         nodes = sorted(grid.get_node_ids())
-        if nodes:
+        if len(nodes) >= int(cfg["min-nodes"]):
             break
         time.sleep(1)
     rounds = []
