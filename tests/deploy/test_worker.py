@@ -145,17 +145,7 @@ def test_worker_key_and_socket_are_private(worker):
     assert socket_path(state).stat().st_mode & 0o077 == 0
 
 
-@pytest.fixture
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_worker_answers_equal_in_process_answers(worker, tmp_path, caplog, one_thread):
+def test_worker_answers_equal_in_process_answers(worker, tmp_path, caplog, one_torch_thread):
     _, root, yaml = worker
     local = _site(tmp_path, "local")  # same data, its own state folder
     ctx_worker, ctx_local = _context(yaml), _context(local)

@@ -30,16 +30,7 @@ from prompts.transfer.prompt import init_from_text, load_prompt, save_prompt
 from prompts.transfer.transfer import run_transfer
 from prompts.transfer.tune import run_tune
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread is fastest on a shared 2-core machine; restored afterwards, because
-    a process-wide setting made at import (collection) time leaks into every other test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CLASSES = {
     "gamma": "sun moon star sky",
