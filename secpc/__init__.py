@@ -11,6 +11,7 @@ from .channel import (
     KeyDirectory,
     PairwiseChannel,
     SealedHeader,
+    directory_digest,
     load_identity_public_key,
 )
 from .errors import (
@@ -64,6 +65,7 @@ __all__ = [
     "IdentityKey",
     "KeyAnnouncement",
     "KeyDirectory",
+    "directory_digest",
     "MalformedMessageError",
     "MisaddressedError",
     "NotEnoughAnswersError",

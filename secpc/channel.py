@@ -289,14 +289,21 @@ class KeyDirectory:
         announcements: Iterable[KeyAnnouncement | bytes],
         known_identity_public_keys: Mapping[str, bytes | Ed25519PublicKey],
         run_id: int,
+        *,
+        check_signatures: bool = True,
     ) -> KeyDirectory:
-        """Check every announcement; unknown site, bad signature, other run or duplicate raise."""
+        """Check every announcement; unknown site, bad signature, other run or duplicate raise.
+
+        ``check_signatures=False`` is for :meth:`from_bytes` only, on bytes whose
+        :func:`directory_digest` matched one verified before with the same identity keys.
+        """
         verified: dict[str, KeyAnnouncement] = {}
         for item in announcements:
             ann = item if isinstance(item, KeyAnnouncement) else KeyAnnouncement.from_bytes(item)
             if ann.site_id not in known_identity_public_keys:
                 raise UnknownSiteError(f"site {ann.site_id!r} has no known identity key")
-            ann.verify(known_identity_public_keys[ann.site_id])
+            if check_signatures:
+                ann.verify(known_identity_public_keys[ann.site_id])
             if ann.run_id != run_id:
                 raise ReplayError(
                     f"key announcement of site {ann.site_id!r} is for run {ann.run_id}, "
@@ -338,15 +345,56 @@ class KeyDirectory:
         data: bytes,
         known_identity_public_keys: Mapping[str, bytes | Ed25519PublicKey],
         run_id: int,
+        *,
+        verified_digest: bytes | None = None,
     ) -> KeyDirectory:
-        """Parse and re-verify a directory relayed by the server."""
+        """Parse and re-verify a directory relayed by the server.
+
+        Parameters
+        ----------
+        data : bytes
+            :meth:`to_bytes` of the server's directory.
+        known_identity_public_keys : Mapping
+            Site id to identity public key, against which every signature is checked.
+        run_id : int
+            The run the directory must be for.
+        verified_digest : bytes, optional
+            :func:`directory_digest` of a directory this caller verified before. When
+            ``data`` and ``known_identity_public_keys`` hash to it, the signatures are not
+            checked again: the same bytes against the same keys verify the same way, and a
+            federation of N sites otherwise pays N signature checks per message. Every other
+            check (format, run, unknown sites, duplicates) still runs.
+        """
         data = bytes(data)
         if not data.startswith(_DIRECTORY_MAGIC):
             raise MalformedMessageError("not a key directory (bad magic)")
         fields = _unpack(data[len(_DIRECTORY_MAGIC) :], None, "key directory")
         if not fields or _read_u64(fields[0], "run id") != run_id:
             raise ReplayError(f"key directory is not for run {run_id}")
-        return cls.verify(fields[1:], known_identity_public_keys, run_id)
+        seen = verified_digest is not None and verified_digest == directory_digest(
+            data, known_identity_public_keys
+        )
+        return cls.verify(fields[1:], known_identity_public_keys, run_id, check_signatures=not seen)
+
+
+def directory_digest(
+    data: bytes, known_identity_public_keys: Mapping[str, bytes | Ed25519PublicKey]
+) -> bytes:
+    """SHA-256 over a serialized key directory and the identity keys it is checked against.
+
+    A site keeps this digest after a successful :meth:`KeyDirectory.from_bytes`, so the next
+    message of the run that relays the same directory skips the signature checks (see there).
+    Any change to the directory or to the identity keys changes the digest.
+    """
+    digest = hashlib.sha256(_DIRECTORY_MAGIC + bytes(data))
+    for site_id, key in sorted(known_identity_public_keys.items()):
+        raw = (
+            key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            if isinstance(key, Ed25519PublicKey)
+            else bytes(key)
+        )
+        digest.update(_pack(_site(site_id), raw))
+    return digest.digest()
 
 
 # -- pairwise AEAD channel -----------------------------------------------------------------------

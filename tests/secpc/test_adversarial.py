@@ -154,6 +154,44 @@ def test_a_lying_site_is_named_and_changes_nothing(federation, honest, kind):
     assert abs(np.mean([ours[s] for s in common]) - np.mean([theirs[s] for s in common])) <= 0.005
 
 
+class _KeySwapper(SecFPPWorkflow):
+    """A man-in-the-middle server: in round 2 it relays a directory with site-1's key replaced.
+
+    Sites verified the honest directory in round 1 and skip its signatures from then on
+    (``client_app/secure_handlers.py``); the swapped one must be checked, and refused.
+    """
+
+    def train(self, grid, state, rnd):
+        from secpc import EphemeralKey, KeyAnnouncement, KeyDirectory
+
+        honest = state.directory
+        if rnd.server_round == 2:
+            anns = {s: KeyAnnouncement.from_bytes(a) for s, a in state.announcements.items()}
+            real = anns["site-1"]
+            anns["site-1"] = KeyAnnouncement(
+                real.site_id, real.run_id, EphemeralKey().public_bytes, real.signature
+            )
+            state.directory = KeyDirectory(real.run_id, anns).to_bytes()
+        try:
+            super().train(grid, state, rnd)
+        finally:
+            state.directory = honest
+
+
+def test_a_key_swapped_after_the_first_round_is_refused_by_every_site(federation, monkeypatch):
+    import strategies.secfpp as module
+
+    monkeypatch.setattr(module, "SecFPPWorkflow", _KeySwapper)
+    run, secrets = federation("secfpp", "adv-key-swap", rounds=2)
+    first, second = run.views
+    assert len(first.senders) == SITES  # the honest directory of round 1 was accepted
+    assert not second.senders and not second.cluster_update_sums
+    assert len(second.dropped) == SITES
+    assert all("not signed" in why for why in second.dropped.values()), second.dropped
+    assert {r for _, r, _, _ in secrets} == {1, 2}  # round 2 trained, but nothing was sealed
+    assert "skipped" in run.writer.records[-1].extra
+
+
 def test_nan_metrics_drop_the_site_for_the_round(federation):
     def nan(node_id, reply):
         if reply.metadata.message_type == wire.TRAIN and node_id == 1004 and not reply.has_error():

@@ -13,6 +13,7 @@ from secpc import (
     SignatureError,
     TamperedMessageError,
     UnknownSiteError,
+    directory_digest,
     load_identity_public_key,
 )
 
@@ -111,6 +112,37 @@ def test_wrongly_signed_announcement(federation):
     swapped = KeyAnnouncement(ann.site_id, ann.run_id, EphemeralKey().public_bytes, ann.signature)
     with pytest.raises(SignatureError):
         KeyDirectory.verify([swapped, *anns[1:]], known, RUN)
+
+
+def test_a_directory_verified_once_is_not_verified_again_but_any_change_is(federation, monkeypatch):
+    _, _, anns, known, _ = federation
+    honest = KeyDirectory.verify(anns, known, RUN).to_bytes()
+    digest = directory_digest(honest, known)
+    checked = []
+    original = KeyAnnouncement.verify
+    monkeypatch.setattr(
+        KeyAnnouncement,
+        "verify",
+        lambda self, key: checked.append(self.site_id) or original(self, key),
+    )
+    again = KeyDirectory.from_bytes(honest, known, RUN, verified_digest=digest)
+    assert checked == [] and again.sites == SITES
+    # A directory with one key swapped, relayed with the honest one's digest, is checked.
+    ann = KeyAnnouncement.from_bytes(anns[0])
+    forged = KeyAnnouncement(ann.site_id, RUN, EphemeralKey().public_bytes, ann.signature)
+    swapped = KeyDirectory(
+        RUN, {a.site_id: a for a in [forged, *map(KeyAnnouncement.from_bytes, anns[1:])]}
+    ).to_bytes()
+    with pytest.raises(SignatureError):
+        KeyDirectory.from_bytes(swapped, known, RUN, verified_digest=digest)
+    # The same bytes against other identity keys are checked too.
+    other = {**known, "c": IdentityKey.generate().public_bytes}
+    assert directory_digest(honest, other) != digest
+    with pytest.raises(SignatureError):
+        KeyDirectory.from_bytes(honest, other, RUN, verified_digest=digest)
+    # Format and run checks never rely on the digest.
+    with pytest.raises(ReplayError):
+        KeyDirectory.from_bytes(honest, known, RUN + 1, verified_digest=digest)
 
 
 def test_unknown_site_stale_run_and_duplicates(federation):
