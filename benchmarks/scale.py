@@ -15,7 +15,9 @@ line:
 - ``seconds_total``: from ``flwr run`` to the run's end, Ray's start included;
 - ``peak_rss_bytes``: the largest sum of resident memory over the federation's processes
   (shared pages are counted once per process, so this is an upper bound);
-- ``status``, ``mean_accuracy_per_round``, ``num_clusters_per_round``, ``committee_size`` and
+- ``status`` (``failed`` with the reason in ``error`` when the run passed ``--timeout`` or the
+  SuperLink died: the figures then cover the rounds that completed, and the exit status is 1),
+  ``mean_accuracy_per_round``, ``num_clusters_per_round``, ``committee_size`` and
   the site count that took part in each round (``senders_per_round``).
 
 Only 127.0.0.1 is used; nothing is downloaded.
@@ -33,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from deploy.local_federation import LocalFederation, marked_processes
+from deploy.local_federation import FederationError, LocalFederation, marked_processes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,12 +104,19 @@ def measure(args: argparse.Namespace) -> dict:
         }
         fed = LocalFederation(work / "federation", simulation=True, simulation_options=options)
         config = run_config(args, work)
+        error = None
         with fed:
             with MemorySampler(fed.marker) as memory:
                 started = time.monotonic()
-                result = fed.run(REPO, config, timeout=args.timeout)
+                try:
+                    status = fed.run(REPO, config, timeout=args.timeout).status
+                except FederationError as exc:
+                    # A run past --timeout (stopped) or a dead SuperLink: still report the
+                    # memory sampled and the rounds that completed, which is what was paid for.
+                    status, error = "failed", str(exc).splitlines()[0]
                 seconds_total = time.monotonic() - started
-        doc = json.loads((work / "outputs" / "scale" / "results.json").read_text())
+        results = work / "outputs" / "scale" / "results.json"
+        doc = json.loads(results.read_text()) if results.is_file() else {"rounds": []}
         rounds = [r for r in doc["rounds"] if not r.get("superseded")]
         return {
             "sites": args.sites,
@@ -117,7 +126,8 @@ def measure(args: argparse.Namespace) -> dict:
             "cpus": args.cpus,
             "machine_cpus": os.cpu_count(),
             "machine": platform.machine(),
-            "status": result.status,
+            "status": status,
+            "error": error,
             "seconds_total": round(seconds_total, 1),
             "seconds_per_round": [round(float(r["seconds"]), 1) for r in rounds],
             "peak_rss_bytes": memory.peak,
@@ -157,6 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.out.write_text(line + "\n")
     print(line)
     sys.stdout.flush()
+    if figures["error"]:
+        raise SystemExit(f"benchmarks.scale: {figures['error']}")
     return figures
 
 
