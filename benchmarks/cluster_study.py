@@ -71,6 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--share", default="", help="comma list of none,all,oracle,selected (P_G averaging)"
     )
     parser.add_argument(
+        "--shared-part",
+        default="generic",
+        choices=("generic", "class"),
+        help="what --share averages: P_G as one context for all classes (generic) or one "
+        "context per class (class), with P_L the private residual either way",
+    )
+    parser.add_argument(
         "--rule-seeds",
         type=int,
         default=0,
@@ -200,6 +207,13 @@ def run_study(args: argparse.Namespace, runtimes: list, share: str) -> dict:
         max_clusters=args.max_clusters, min_cluster_size=args.min_cluster_size, seed=args.seed
     )
     prompts = [rt.new_prompt() for rt in runtimes]
+    if args.shared_part == "class":
+        from prompts.learner import HierarchicalPrompt
+
+        prompts = [
+            HierarchicalPrompt(p.global_ctx.detach().expand(p.n_cls, -1, -1), p.n_cls)
+            for p in prompts
+        ]
     state = None
     old_labels: list[np.ndarray] = []
     per_round = []
@@ -265,6 +279,7 @@ def run_study(args: argparse.Namespace, runtimes: list, share: str) -> dict:
         print(json.dumps(row), file=sys.stderr)
     return {
         "share": share or None,
+        "shared_part": args.shared_part,
         "k_per_round": [row["k"] for row in per_round],
         "ari_per_round": [row["ari"] for row in per_round],
         "old_rule_k_per_round": [row["old_rule_k"] for row in per_round],

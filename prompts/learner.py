@@ -60,26 +60,39 @@ class HierarchicalPrompt(nn.Module):
     Parameters
     ----------
     global_init : torch.Tensor
-        Initial ``P_G``, shape ``(n_ctx, ctx_dim)``.
+        Initial ``P_G``, shape ``(n_ctx, ctx_dim)`` (one context for every class, the default),
+        or ``(n_cls, n_ctx, ctx_dim)`` for a shared class-specific context (CoOp's CSC shared
+        within a cluster), on top of which ``P_L`` stays the site's private residual.
     n_cls : int
         Number of classes; ``P_L`` has one residual per class.
     """
 
     def __init__(self, global_init: torch.Tensor, n_cls: int) -> None:
         super().__init__()
-        if global_init.dim() != 2:
-            raise ValueError(
-                f"global_init: expected shape (n_ctx, ctx_dim), got {tuple(global_init.shape)}"
-            )
         if n_cls < 2:
             raise ValueError(f"n_cls: expected at least 2 classes, got {n_cls}")
+        if global_init.dim() == 3 and global_init.shape[0] != n_cls:
+            raise ValueError(
+                f"global_init: a class-specific P_G needs one context per class ({n_cls}), "
+                f"got {global_init.shape[0]}"
+            )
+        if global_init.dim() not in (2, 3):
+            raise ValueError(
+                "global_init: expected shape (n_ctx, ctx_dim) or (n_cls, n_ctx, ctx_dim), "
+                f"got {tuple(global_init.shape)}"
+            )
         self.global_ctx = nn.Parameter(global_init.detach().clone().float())
-        self.local_ctx = nn.Parameter(torch.zeros(n_cls, *global_init.shape))
+        self.local_ctx = nn.Parameter(torch.zeros(n_cls, *global_init.shape[-2:]))
 
     @property
     def n_ctx(self) -> int:
         """Number of context vectors."""
-        return self.global_ctx.shape[0]
+        return self.global_ctx.shape[-2]
+
+    @property
+    def class_specific(self) -> bool:
+        """Whether ``P_G`` holds one context per class (shared class-level context)."""
+        return self.global_ctx.dim() == 3
 
     @property
     def n_cls(self) -> int:
@@ -95,7 +108,11 @@ class HierarchicalPrompt(nn.Module):
             Add the class-level residual ``P_L`` (personalized prompt); when false, every
             class gets ``P_G`` alone (the shared prompt, as PromptFL uses it).
         """
-        shared = self.global_ctx.unsqueeze(0).expand(self.n_cls, -1, -1)
+        shared = (
+            self.global_ctx
+            if self.class_specific
+            else self.global_ctx.unsqueeze(0).expand(self.n_cls, -1, -1)
+        )
         return shared + self.local_ctx if use_local else shared
 
     def personalized(self) -> torch.Tensor:

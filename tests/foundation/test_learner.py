@@ -40,6 +40,25 @@ def test_prompt_shapes_and_separate_parameter_groups(two_tower):
         prompt.parameter_groups(False, False)
 
 
+def test_a_class_specific_shared_part_keeps_each_class_context_and_a_private_residual():
+    gen = torch.Generator().manual_seed(0)
+    per_class = torch.randn(3, 4, 8, generator=gen)
+    prompt = HierarchicalPrompt(per_class, n_cls=3)
+    assert prompt.class_specific and prompt.n_ctx == 4 and prompt.n_cls == 3
+    assert prompt.local_ctx.shape == (3, 4, 8)
+    with torch.no_grad():
+        prompt.local_ctx[1] += 1.0
+    # Each class gets its own shared context (not one broadcast), plus its residual.
+    assert torch.equal(prompt(use_local=False), per_class)
+    assert torch.equal(prompt(use_local=True)[1], per_class[1] + 1.0)
+    assert torch.equal(prompt(use_local=True)[0], per_class[0])
+    assert not HierarchicalPrompt(per_class[0], n_cls=3).class_specific
+    with pytest.raises(ValueError, match="one context per class"):
+        HierarchicalPrompt(per_class, n_cls=4)
+    with pytest.raises(ValueError, match="expected shape"):
+        HierarchicalPrompt(torch.zeros(8), n_cls=3)
+
+
 def test_phrase_and_random_initialisation_are_reproducible(two_tower):
     a = initial_global_context(two_tower, PromptConfig(n_ctx=4, ctx_init="", seed=3))
     b = initial_global_context(two_tower, PromptConfig(n_ctx=4, ctx_init="", seed=3))
