@@ -13,7 +13,9 @@ Example::
 Optionally (``--share``) the study also averages ``P_G`` within share groups after each round
 (``none``: never; ``all``: over every site; ``oracle``: within the true domain; ``selected``:
 within the clusters the rule chose that round) and reports personalized test accuracy, to ask
-whether a shared part is worth sharing by cluster. Prints one JSON object as its last line.
+whether a shared part is worth sharing by cluster (``--shared-part``: ``P_G``, a class-specific
+``P_G``, or an image-side adapter, :mod:`prompts.adapter`). Prints one JSON object as its last
+line.
 """
 
 from __future__ import annotations
@@ -73,9 +75,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--shared-part",
         default="generic",
-        choices=("generic", "class"),
-        help="what --share averages: P_G as one context for all classes (generic) or one "
-        "context per class (class), with P_L the private residual either way",
+        choices=("generic", "class", "adapter"),
+        help="what --share averages: P_G as one context for all classes (generic), one "
+        "context per class (class), with P_L the private residual either way, or an "
+        "image-side residual linear map (adapter; the whole prompt then stays private)",
+    )
+    parser.add_argument(
+        "--adapter-rank",
+        type=int,
+        default=0,
+        help="with --shared-part adapter: 0 for a full feature_dim x feature_dim map, r for rank r",
     )
     parser.add_argument(
         "--rule-seeds",
@@ -214,6 +223,14 @@ def run_study(args: argparse.Namespace, runtimes: list, share: str) -> dict:
             HierarchicalPrompt(p.global_ctx.detach().expand(p.n_cls, -1, -1), p.n_cls)
             for p in prompts
         ]
+    adapters = [None] * n
+    if args.shared_part == "adapter":
+        from prompts.adapter import FeatureAdapter
+
+        adapters = [
+            FeatureAdapter(rt.train_features.shape[1], rank=args.adapter_rank, seed=args.seed)
+            for rt in runtimes
+        ]
     state = None
     old_labels: list[np.ndarray] = []
     per_round = []
@@ -225,10 +242,16 @@ def run_study(args: argparse.Namespace, runtimes: list, share: str) -> dict:
             seed=args.seed * 1_000 + r,
         )
         z = []
-        for rt, prompt in zip(runtimes, prompts, strict=True):
+        for rt, prompt, adapter in zip(runtimes, prompts, adapters, strict=True):
             if args.local_epochs:
                 train_prompt(
-                    rt.backbone, prompt, rt.text_inputs, rt.train_features, rt.train_labels, train
+                    rt.backbone,
+                    prompt,
+                    rt.text_inputs,
+                    rt.train_features,
+                    rt.train_labels,
+                    train,
+                    adapter=adapter,
                 )
             offset = (prompt.personalized() - rt.global_init.unsqueeze(0)).double().numpy()
             z.append(site_descriptor(offset, rt.train_features.numpy(), descriptor))
@@ -261,17 +284,23 @@ def run_study(args: argparse.Namespace, runtimes: list, share: str) -> dict:
                 "oracle": truth,
                 "selected": labels,
             }[share]
+            # The shared part: P_G, or the adapter's parameters (P_G then stays private).
+            shared = [
+                [p.global_ctx] if a is None else list(a.parameters())
+                for p, a in zip(prompts, adapters, strict=True)
+            ]
             with torch.no_grad():
                 for c in np.unique(share_labels):
                     members = np.flatnonzero(share_labels == c)
-                    mean = torch.stack([prompts[i].global_ctx for i in members]).mean(0)
-                    for i in members:
-                        prompts[i].global_ctx.copy_(mean)
+                    for j in range(len(shared[members[0]])):
+                        mean = torch.stack([shared[i][j] for i in members]).mean(0)
+                        for i in members:
+                            shared[i][j].copy_(mean)
             acc = [
                 evaluate_prompt(
-                    rt.backbone, p, rt.text_inputs, rt.test_features, rt.test_labels, True
+                    rt.backbone, p, rt.text_inputs, rt.test_features, rt.test_labels, True, a
                 )[1]
-                for rt, p in zip(runtimes, prompts, strict=True)
+                for rt, p, a in zip(runtimes, prompts, adapters, strict=True)
             ]
             row["mean_accuracy"] = float(np.mean(acc))
             row["worst_accuracy"] = float(np.min(acc))
@@ -280,6 +309,7 @@ def run_study(args: argparse.Namespace, runtimes: list, share: str) -> dict:
     return {
         "share": share or None,
         "shared_part": args.shared_part,
+        "adapter_rank": args.adapter_rank if args.shared_part == "adapter" else None,
         "k_per_round": [row["k"] for row in per_round],
         "ari_per_round": [row["ari"] for row in per_round],
         "old_rule_k_per_round": [row["old_rule_k"] for row in per_round],

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from .adapter import FeatureAdapter
 from .device import autocast_for
 from .dp import DPSGDConfig
 from .learner import HierarchicalPrompt
@@ -122,6 +123,7 @@ def train_prompt(
     labels: torch.Tensor,
     config: TrainConfig,
     dp_history: Sequence[Sequence[float]] = (),
+    adapter: FeatureAdapter | None = None,
 ) -> TrainResult:
     """Train the chosen prompt parts with cross-entropy on cached features.
 
@@ -142,6 +144,10 @@ def train_prompt(
     dp_history : sequence of (noise_multiplier, sample_rate, steps)
         DP only: the accountant history of the site's earlier rounds (``TrainResult.dp_history``
         of the previous call); ignored without ``config.dp``.
+    adapter : FeatureAdapter, optional
+        A residual map applied to the image features before the logits
+        (:class:`prompts.adapter.FeatureAdapter`), trained together with the prompt at
+        ``lr * adapter.lr_scale``. Not supported with DP.
 
     Returns
     -------
@@ -151,20 +157,27 @@ def train_prompt(
 
     Raises
     ------
+    ValueError
+        If ``adapter`` is given with ``config.dp``.
     PrivacyBudgetExceededError
         With ``config.dp.target_epsilon``: if this call would take ``ε`` past it (training
         beyond ``planned_epochs``). Nothing is trained then.
     """
     if config.dp is not None:
+        if adapter is not None:
+            raise ValueError("adapter: not supported with DP-SGD training (config.dp)")
         return _train_prompt_dp(backbone, prompt, text_inputs, features, labels, config, dp_history)
     start = time.perf_counter()
     n = features.shape[0]
     if n == 0 or config.epochs == 0:
         return TrainResult(float("nan"), float("nan"), n, 0, time.perf_counter() - start)
     device = features.device
-    optimizer = torch.optim.Adam(
-        prompt.parameter_groups(config.train_global, config.train_local), lr=config.lr
-    )
+    groups = prompt.parameter_groups(config.train_global, config.train_local)
+    if adapter is not None:
+        adapter_lr = config.lr * adapter.lr_scale
+        groups.append({"params": list(adapter.parameters()), "name": "adapter", "lr": adapter_lr})
+        adapter.train()
+    optimizer = torch.optim.Adam(groups, lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
     prompt.train()
     steps = 0
@@ -174,9 +187,8 @@ def train_prompt(
         for begin in range(0, n, config.batch_size):
             idx = order[begin : begin + config.batch_size]
             with autocast_for(device):
-                logits = class_logits(
-                    backbone, prompt, text_inputs, features[idx], config.use_local
-                )
+                batch = features[idx] if adapter is None else adapter(features[idx])
+                logits = class_logits(backbone, prompt, text_inputs, batch, config.use_local)
                 loss = F.cross_entropy(logits.float(), labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -185,6 +197,8 @@ def train_prompt(
             total_loss += loss.item() * idx.numel()
             correct += int((logits.argmax(dim=1) == labels[idx]).sum())
     prompt.eval()
+    if adapter is not None:
+        adapter.eval()
     return TrainResult(total_loss / n, correct / n, n, steps, time.perf_counter() - start)
 
 
@@ -297,12 +311,13 @@ def evaluate_prompt(
     features: torch.Tensor,
     labels: torch.Tensor,
     use_local: bool = True,
+    adapter: FeatureAdapter | None = None,
 ) -> tuple[float, float]:
     """Cross-entropy loss and accuracy of a prompt on cached features.
 
     Parameters
     ----------
-    backbone, prompt, text_inputs, features, labels
+    backbone, prompt, text_inputs, features, labels, adapter
         As in :func:`train_prompt`.
     use_local : bool
         Evaluate the personalized prompt (``P_G + P_L``) or the shared one alone.
@@ -314,6 +329,8 @@ def evaluate_prompt(
     """
     if features.shape[0] == 0:
         return float("nan"), float("nan")
+    if adapter is not None:
+        features = adapter(features)
     with autocast_for(features.device):
         logits = class_logits(backbone, prompt, text_inputs, features, use_local).float()
     loss = F.cross_entropy(logits, labels).item()

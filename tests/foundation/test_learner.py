@@ -120,3 +120,41 @@ def test_training_is_deterministic_on_cpu(two_tower, toy):
         )
         runs.append(prompt.personalized())
     assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("rank", [0, 8])
+def test_an_untrained_adapter_is_the_identity_and_training_moves_it(two_tower, toy, rank):
+    from prompts.adapter import FeatureAdapter
+
+    text, feats, labels = toy
+    adapter = FeatureAdapter(feats.shape[1], rank=rank, seed=3)
+    assert torch.allclose(adapter(feats), feats, atol=1e-6)
+    prompt = HierarchicalPrompt(initial_global_context(two_tower, PromptConfig(n_ctx=4)), 3)
+    assert evaluate_prompt(two_tower, prompt, text, feats, labels, True, adapter) == pytest.approx(
+        evaluate_prompt(two_tower, prompt, text, feats, labels), abs=1e-6
+    )
+    cfg = TrainConfig(epochs=15, batch_size=60, lr=0.05, train_global=False)
+    loss_before = evaluate_prompt(two_tower, prompt, text, feats, labels, True, adapter)[0]
+    train_prompt(two_tower, prompt, text, feats, labels, cfg, adapter=adapter)
+    moved = adapter.weight if rank == 0 else adapter.down
+    assert torch.count_nonzero(moved) > 0
+    assert evaluate_prompt(two_tower, prompt, text, feats, labels, True, adapter)[0] < loss_before
+    # Adapted features stay unit vectors, like the frozen tower's.
+    assert torch.allclose(adapter(feats).norm(dim=1), torch.ones(feats.shape[0]), atol=1e-5)
+
+
+def test_the_adapter_refuses_bad_settings_and_dp_training(two_tower, toy):
+    from prompts.adapter import FeatureAdapter
+    from prompts.dp import DPSGDConfig
+
+    with pytest.raises(ValueError, match="rank"):
+        FeatureAdapter(16, rank=17)
+    with pytest.raises(ValueError, match="lr_scale"):
+        FeatureAdapter(16, lr_scale=0.0)
+    text, feats, labels = toy
+    prompt = HierarchicalPrompt(initial_global_context(two_tower, PromptConfig(n_ctx=4)), 3)
+    cfg = TrainConfig(epochs=1, dp=DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0))
+    with pytest.raises(ValueError, match="adapter"):
+        train_prompt(
+            two_tower, prompt, text, feats, labels, cfg, adapter=FeatureAdapter(feats.shape[1])
+        )
