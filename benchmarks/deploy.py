@@ -4,8 +4,8 @@
 
 Starts the same federation as ``tests/deploy/test_deployment.py`` (``deploy.local_federation``:
 SuperLink with TLS and SuperNode authentication, one SuperNode per site with its own site YAML,
-registered, and by default each site's worker beside its SuperNode, as
-``deploy/run-supernode.sh`` starts it; ``--no-worker`` leaves it out), runs ``promptfl`` and then
+registered, and by default each site's worker and prefork SuperExec beside its SuperNode, as
+``deploy/run-supernode.sh`` starts them; ``--no-worker``/``--no-prefork`` leave them out), runs ``promptfl`` and then
 ``secfpp`` (when the strategy registry has it) for ``--rounds`` rounds each, then the same
 SecFPP run config on the in-process grid (``server_app.inprocess_grid``: the same site YAMLs,
 data, seed and rounds, one process, sites one after another, runtimes loaded before the first
@@ -20,10 +20,12 @@ round), and prints one JSON object as its last line:
 - ``seconds_per_round_secfpp_inprocess``: mean round time of the in-process SecFPP run;
 - ``deployed_over_inprocess_secfpp``: deployed SecFPP round time over the in-process one (what
   deployment itself costs: processes, TLS, Flower's polling; null without ``secfpp``);
-- ``worker``: whether the sites' workers ran.
+- ``worker``, ``prefork``: whether the sites' workers and prefork SuperExecs ran.
 
-Each message to a site runs in a fresh ``flwr-clientapp`` process, so an exchange costs a process
-start, the FAB install and the app's imports; without a worker, train and evaluate also import
+Each message to a site runs in a process of its own. With Flower's SuperExec (``--no-prefork``)
+that is a fresh ``flwr-clientapp`` process, so an exchange costs a process start, Flower's
+imports, the FAB install and the app's imports; the prefork SuperExec forks it from a process
+that has Flower's runtime imported already. Without a worker, train and evaluate also import
 torch and load the backbone, the site's data and its cached features every time.
 """
 
@@ -137,6 +139,7 @@ def measure(args: argparse.Namespace) -> dict:
         "secure_k": args.secure_k,
         "secure_t": args.secure_t,
         "worker": args.worker,
+        "prefork": args.prefork,
     }
     secfpp_config: dict | None = None
     with tempfile.TemporaryDirectory(prefix="secfpp-bench-deploy-") as tmp:
@@ -151,6 +154,7 @@ def measure(args: argparse.Namespace) -> dict:
                     credentials=creds.root,
                     site_identities=_schema_has_site_identities(app_dir),
                     worker=args.worker,
+                    prefork=args.prefork,
                 )
             out["startup_seconds"] = round(time.monotonic() - started, 2)
             log = fed.superlink.log_path
@@ -229,6 +233,14 @@ def main(argv: list[str] | None = None) -> int:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="start each site's worker beside its SuperNode (--no-worker: without)",
+    )
+    parser.add_argument(
+        "--prefork",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run each SuperNode with --isolation process and the site's prefork SuperExec "
+        "(deploy/prefork_superexec.py), as deploy/run-supernode.sh does (--no-prefork: "
+        "Flower's SuperExec, one new process per message)",
     )
     parser.add_argument(
         "--inprocess",

@@ -191,6 +191,18 @@ class RunResult:
         return f"run {self.run_id}: {self.status} after {self.seconds:.1f}s\n{self.log[-6000:]}"
 
 
+def _code_path() -> str:
+    """``PYTHONPATH`` for the site processes this module starts (worker, prefork SuperExec).
+
+    They run the code this process imported (the app it submits, in tests and benchmarks),
+    whatever else is installed.
+    """
+    import client_app
+
+    code_root = str(Path(client_app.__file__).resolve().parents[1])
+    return os.pathsep.join(p for p in (code_root, os.environ.get("PYTHONPATH", "")) if p)
+
+
 class LocalFederation:
     """A SuperLink and SuperNodes on 127.0.0.1; use as a context manager.
 
@@ -250,7 +262,8 @@ class LocalFederation:
         self.port = 0
         self.superlink: ManagedProcess | None = None
         self.supernodes: list[SuperNode] = []
-        self.workers: list[ManagedProcess] = []  # per-site workers (``add_site(worker=True)``)
+        # Per-site processes beside the SuperNodes: workers and prefork SuperExecs.
+        self.workers: list[ManagedProcess] = []
         self.stragglers: list[tuple[int, str]] = []  # outlived their parents; killed by PID
         self.leftovers: list[tuple[int, str]] = []  # still alive after stop (should be empty)
         self._bin = Path(sys.executable).parent
@@ -466,6 +479,7 @@ class LocalFederation:
         wait_online: bool = True,
         max_wait_time: float | None = None,
         cwd: Path | str | None = None,
+        prefork: bool = False,
     ) -> SuperNode:
         """Start a ``flower-supernode``; register its key first when ``register``.
 
@@ -485,6 +499,10 @@ class LocalFederation:
             ``--max-wait-time`` of the SuperNode (how long it retries a refused connection).
         cwd : Path, optional
             Working directory of the SuperNode (default: its own folder in ``workdir``).
+        prefork : bool
+            Start the SuperNode with ``--isolation process`` and the site's prefork SuperExec
+            (``python -m deploy.prefork_superexec``) beside it, as ``deploy/run-supernode.sh``
+            does; otherwise Flower's own SuperExec starts one process per message.
         """
         if self.superlink is None:
             self.start()
@@ -515,12 +533,32 @@ class LocalFederation:
             argv += ["--node-config", config]
         if max_wait_time is not None:
             argv += ["--max-wait-time", str(max_wait_time)]
+        if prefork:
+            argv += ["--isolation", "process"]
         node_dir = Path(cwd) if cwd else self.workdir / "supernodes" / name
         node_dir.mkdir(parents=True, exist_ok=True)
         before = self._online_ids() if wait_online else set()
         proc = self.spawn(f"supernode-{name}", argv, cwd=node_dir)
         node = SuperNode(name, proc, port, config, key, node_id)
         self.supernodes.append(node)
+        if prefork:
+            self.workers.append(
+                self.spawn(
+                    f"superexec-{name}",
+                    [
+                        sys.executable,
+                        "-m",
+                        "deploy.prefork_superexec",
+                        "--runtime-api-address",
+                        f"{HOST}:{port}",
+                        "--insecure",
+                        "--parent-pid",
+                        str(proc.pid),
+                    ],
+                    cwd=node_dir,
+                    env={"PYTHONPATH": _code_path()},
+                )
+            )
         if wait_online:
             deadline = time.monotonic() + self.startup_timeout
             while True:
@@ -546,6 +584,7 @@ class LocalFederation:
         register: bool = True,
         site_identities: bool = False,
         worker: bool = False,
+        prefork: bool = False,
     ) -> SuperNode:
         """Write a site YAML under ``workdir/sites/<site_id>`` and start its SuperNode.
 
@@ -554,7 +593,8 @@ class LocalFederation:
         as identity and ``auth.key`` for SuperNode authentication, and with ``site_identities``
         also ``<credentials>/site-identities.yaml`` (site YAML key ``site-identities``). With
         ``worker`` the site's worker (``python -m client_app.worker``, see
-        :meth:`add_worker`) runs beside the SuperNode, as ``deploy/run-supernode.sh`` starts it.
+        :meth:`add_worker`) runs beside the SuperNode, as ``deploy/run-supernode.sh`` starts it;
+        with ``prefork`` so does the prefork SuperExec (see :meth:`add_supernode`).
         """
         site_dir = self.workdir / "sites" / site_id
         creds = Path(credentials).resolve() if credentials else None
@@ -574,6 +614,7 @@ class LocalFederation:
             auth_key=creds / site_id / "auth.key" if creds and self.supernode_auth else None,
             register=register,
             cwd=site_dir,
+            prefork=prefork,
         )
         if worker:
             self.add_worker(site_id, yaml_path, parent=node)
@@ -593,7 +634,6 @@ class LocalFederation:
         parent : SuperNode, optional
             The worker exits when this SuperNode's process does.
         """
-        import client_app
         from client_app.site_config import load_site_config
         from client_app.worker_link import socket_path
 
@@ -601,12 +641,8 @@ class LocalFederation:
         argv = [sys.executable, "-m", "client_app.worker", "--site-config", str(site_yaml)]
         if parent is not None:
             argv += ["--parent-pid", str(parent.process.pid)]
-        # The worker runs the code this process imported (the app it submits, in tests and
-        # benchmarks), whatever else is installed.
-        code_root = str(Path(client_app.__file__).resolve().parents[1])
-        path = os.pathsep.join(p for p in (code_root, os.environ.get("PYTHONPATH", "")) if p)
         proc = self.spawn(
-            f"worker-{name}", argv, cwd=Path(site_yaml).parent, env={"PYTHONPATH": path}
+            f"worker-{name}", argv, cwd=Path(site_yaml).parent, env={"PYTHONPATH": _code_path()}
         )
         self.workers.append(proc)
         deadline = time.monotonic() + self.startup_timeout

@@ -2,7 +2,7 @@
 # Start one site's SuperNode from its site YAML.
 #
 #   deploy/run-supernode.sh --site-config /abs/site.yaml --superlink HOST:8000 \
-#       [--ca-cert ca.crt] [--auth-key auth.key] [--port 9094] [--no-worker]
+#       [--ca-cert ca.crt] [--auth-key auth.key] [--port 9094] [--no-worker] [--no-prefork]
 #
 # By default the TLS root certificate is ../ca.crt and the authentication key is auth.key, both
 # next to the site's `identity-key` (the layout `python -m deploy.credentials` writes:
@@ -11,12 +11,16 @@
 # Beside it runs the site's worker (python -m client_app.worker), which keeps torch, the backbone
 # and the site's features loaded between messages; it is restarted if it dies and exits with the
 # SuperNode. --no-worker leaves it out (every message then loads them itself: slower).
+# The SuperNode runs with --isolation process and the site's prefork SuperExec
+# (python -m deploy.prefork_superexec) beside it, which forks each message's ClientApp from a
+# process that has Flower's runtime imported (restarted if it dies, exits with the SuperNode).
+# --no-prefork uses Flower's own SuperExec instead (a new process per message: slower).
 set -euo pipefail
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "run-supernode.sh: error: $*" >&2; exit 2; }
 
-SITE="" SUPERLINK="" CA="" KEY="" PORT="9094" WORKER=1
+SITE="" SUPERLINK="" CA="" KEY="" PORT="9094" WORKER=1 PREFORK=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --site-config) SITE="${2:-}"; shift 2 ;;
@@ -25,6 +29,7 @@ while [[ $# -gt 0 ]]; do
     --auth-key) KEY="${2:-}"; shift 2 ;;
     --port) PORT="${2:-}"; shift 2 ;;
     --no-worker) WORKER=0; shift ;;
+    --no-prefork) PREFORK=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
@@ -106,7 +111,28 @@ if [[ "$WORKER" == 1 ]]; then
     done
   ) </dev/null &
 fi
+if [[ "$PREFORK" == 1 ]] && ! python -c "import deploy.prefork_superexec" 2>/dev/null; then
+  echo "run-supernode.sh: warning: deploy.prefork_superexec is not importable here (pip install" \
+    "the project into this virtualenv); using Flower's SuperExec (slower)" >&2
+  PREFORK=0
+fi
+ISOLATION=()
+if [[ "$PREFORK" == 1 ]]; then
+  ISOLATION=(--isolation process)
+  SUPERNODE_PID=$$
+  (
+    while kill -0 "$SUPERNODE_PID" 2>/dev/null; do
+      # The SuperNode's Runtime API listens on 127.0.0.1:$PORT (Flower's default host).
+      python -m deploy.prefork_superexec --runtime-api-address "127.0.0.1:$PORT" --insecure \
+        --parent-pid "$SUPERNODE_PID" || true
+      kill -0 "$SUPERNODE_PID" 2>/dev/null || break
+      echo "run-supernode.sh: the prefork SuperExec of $SITE_ID exited; restarting it in 5 s" >&2
+      sleep 5
+    done
+  ) </dev/null &
+fi
 exec flower-supernode \
+  ${ISOLATION[@]+"${ISOLATION[@]}"} \
   --superlink "$SUPERLINK" \
   --root-certificates "$CA" \
   --auth-supernode-private-key "$KEY" \

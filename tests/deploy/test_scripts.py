@@ -133,9 +133,17 @@ def test_scripts_start_a_tls_federation_with_a_registered_site(tmp_path, creds):
         os.kill(first, signal.SIGKILL)
         second = _wait_for_worker(fed, sock, not_pid=first)
         assert second != first
+        # ... and the prefork SuperExec, with the SuperNode in --isolation process, restarted
+        # likewise.
+        commands = [cmd for _, cmd in marked_processes(fed.marker)]
+        assert any("flower-supernode" in c and "--isolation process" in c for c in commands)
+        first = _wait_for(fed, "deploy.prefork_superexec")
+        os.kill(first, signal.SIGKILL)
+        assert _wait_for(fed, "deploy.prefork_superexec", not_pid=first, timeout=60) != first
     finally:
         fed.stop()
-    assert fed.leftovers == []  # the worker and its restart loop stopped with the SuperNode
+    # The worker, the prefork SuperExec and their restart loops stopped with the SuperNode.
+    assert fed.leftovers == []
 
 
 def _listening(sock) -> bool:
@@ -147,6 +155,17 @@ def _listening(sock) -> bool:
         return False
     finally:
         probe.close()
+
+
+def _wait_for(fed, module: str, not_pid=None, timeout=180.0) -> int:
+    """PID of a running ``python -m <module>`` of the federation other than ``not_pid``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid, cmd in marked_processes(fed.marker):
+            if f"-m {module}" in cmd and pid != not_pid:
+                return pid
+        time.sleep(0.5)
+    raise AssertionError(f"{module} never (re)started" + fed.logs())
 
 
 def _wait_for_worker(fed, sock, not_pid=None, timeout=180.0):
