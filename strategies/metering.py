@@ -6,16 +6,25 @@ size of each message in both directions, under the round named by the messages' 
 Strategies add the seconds they spend on crypto (server) and the seconds sites report (train,
 crypto) through :meth:`MeteredGrid.add_seconds`. Every strategy's round records take their
 costs from here (``RoundRecord.cost``), so baselines and SecFPP are on the same clock.
+
+In deployment it also collects the replies itself (:data:`REPLY_POLL_SECONDS`), since every
+exchange of every strategy goes through it.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 from flwr.app import Message, RecordDict
 from flwr.common.serde import message_to_proto
 from flwr.serverapp import Grid
+
+#: Seconds between the ServerApp's requests for replies in deployment. Flower 1.42's
+#: ``HttpGrid.send_and_receive`` sleeps 3 s between them, so every exchange waited on average
+#: 1.5 s after its last reply had arrived; a request is one small call to the SuperLink.
+REPLY_POLL_SECONDS = 0.2
 
 
 def message_size(message: Message) -> int:
@@ -126,13 +135,36 @@ class MeteredGrid(Grid):
             cost.messages_down += 1
             cost.bytes_down += message_size(message)
             cost.nodes.add(message.metadata.dst_node_id)
-        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        replies = self._exchange(messages, timeout)
         self.reply_sizes = {}
         for reply in replies:
             size = message_size(reply)
             self.reply_sizes[id(reply)] = size
             cost.messages_up += 1
             cost.bytes_up += size
+        return replies
+
+    def _exchange(self, messages: list[Message], timeout: float | None) -> list[Message]:
+        """The inner grid's ``send_and_receive``; against a SuperLink, its loop polled faster.
+
+        Flower's ``HttpGrid`` loop (push, then pull until every reply is in or ``timeout``
+        passed; ``None`` waits for ever) with :data:`REPLY_POLL_SECONDS` between pulls. Other
+        grids (the simulation's, the in-process one) keep their own.
+        """
+        from flwr.superlink.grid.http_grid import HttpGrid
+
+        if not isinstance(self.inner, HttpGrid):
+            return list(self.inner.send_and_receive(messages, timeout=timeout))
+        pending = set(self.inner.push_messages(messages))
+        end = time.monotonic() + (timeout or 0.0)
+        replies: list[Message] = []
+        while timeout is None or time.monotonic() < end:
+            pulled = list(self.inner.pull_messages(pending))
+            replies.extend(pulled)
+            pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
+            if not pending:
+                break
+            time.sleep(REPLY_POLL_SECONDS)
         return replies
 
     @property
