@@ -44,6 +44,12 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResult
 
 log = logging.getLogger("secfpp.prefork")
 
@@ -71,15 +77,17 @@ class PreforkExecutor:
         self.children: dict[int, int] = {}  # pid -> task id
         self.exit_codes: dict[int, int] = {}  # task id -> exit status, for the last 1,000
 
-    def get_eligible_capacity(self, supported_task_types, **kwargs):  # noqa: ANN001, ANN201
+    def get_eligible_capacity(
+        self, supported_task_types: set[TaskType], **kwargs: object
+    ) -> tuple[set[TaskType], set[str]]:
         """Every task type can start now (as Flower's subprocess executor)."""
         return self._fallback.get_eligible_capacity(supported_task_types, **kwargs)
 
-    def wait_for_capacity(self, task_type=None, **kwargs) -> None:  # noqa: ANN001
+    def wait_for_capacity(self, task_type: TaskType | None = None, **kwargs: object) -> None:
         """No capacity gate."""
         self._fallback.wait_for_capacity(task_type, **kwargs)
 
-    def launch(self, spec):  # noqa: ANN001, ANN201
+    def launch(self, spec: ExecutionSpec) -> LaunchResult:
         """Fork a child that runs the ClientApp task of ``spec``; other tasks as Flower does.
 
         Parameters
@@ -129,7 +137,7 @@ class PreforkExecutor:
         self._fallback.close()
 
 
-def _run_child(spec) -> int:  # noqa: ANN001
+def _run_child(spec: ExecutionSpec) -> int:
     """The child's whole life: Flower's ``run_clientapp`` for one token, then its exit status."""
     try:
         from flwr.supercore.tls import validate_and_resolve_root_certificates
@@ -159,7 +167,7 @@ def _run_child(spec) -> int:  # noqa: ANN001
     return code
 
 
-def preload(modules) -> list[str]:  # noqa: ANN001
+def preload(modules: Iterable[str]) -> list[str]:
     """Import Flower's ClientApp runtime and ``modules``; return those that could not be found.
 
     Parameters
