@@ -251,9 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     from flwr.supercore.auth import load_superexec_auth_secret
     from flwr.supercore.superexec import run_superexec as superexec
 
-    secret = None
-    if args.superexec_auth_secret_file:
-        secret = load_superexec_auth_secret(secret_file=args.superexec_auth_secret_file)
+    secret = load_superexec_auth_secret(secret_file=args.superexec_auth_secret_file)  # None: off
     executor = PreforkExecutor()
     # run_superexec builds its executor through this module-level factory; the loop, the
     # plugin, the authentication and the exit handling stay Flower's.

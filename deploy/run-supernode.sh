@@ -99,17 +99,23 @@ if [[ "$WORKER" == 1 ]] && ! python -c "import client_app.worker" 2>/dev/null; t
     "project into this virtualenv); running without the site worker (slower)" >&2
   WORKER=0
 fi
-if [[ "$WORKER" == 1 ]]; then
-  # $$ stays this script's PID across `exec`: it becomes the SuperNode's.
-  SUPERNODE_PID=$$
+# $$ stays this script's PID across `exec`: it becomes the SuperNode's.
+SUPERNODE_PID=$$
+# supervise WHAT COMMAND...: run COMMAND beside the SuperNode, restart it 5 s after it exits, stop
+# with the SuperNode.
+supervise() {
+  local what="$1"; shift
   (
     while kill -0 "$SUPERNODE_PID" 2>/dev/null; do
-      python -m client_app.worker --site-config "$SITE" --parent-pid "$SUPERNODE_PID" || true
+      "$@" || true
       kill -0 "$SUPERNODE_PID" 2>/dev/null || break
-      echo "run-supernode.sh: the worker of $SITE_ID exited; restarting it in 5 s" >&2
+      echo "run-supernode.sh: the $what of $SITE_ID exited; restarting it in 5 s" >&2
       sleep 5
     done
   ) </dev/null &
+}
+if [[ "$WORKER" == 1 ]]; then
+  supervise worker python -m client_app.worker --site-config "$SITE" --parent-pid "$SUPERNODE_PID"
 fi
 if [[ "$PREFORK" == 1 ]] && ! python -c "import deploy.prefork_superexec" 2>/dev/null; then
   echo "run-supernode.sh: warning: deploy.prefork_superexec is not importable here (pip install" \
@@ -119,17 +125,9 @@ fi
 ISOLATION=()
 if [[ "$PREFORK" == 1 ]]; then
   ISOLATION=(--isolation process)
-  SUPERNODE_PID=$$
-  (
-    while kill -0 "$SUPERNODE_PID" 2>/dev/null; do
-      # The SuperNode's Runtime API listens on 127.0.0.1:$PORT (Flower's default host).
-      python -m deploy.prefork_superexec --runtime-api-address "127.0.0.1:$PORT" --insecure \
-        --parent-pid "$SUPERNODE_PID" || true
-      kill -0 "$SUPERNODE_PID" 2>/dev/null || break
-      echo "run-supernode.sh: the prefork SuperExec of $SITE_ID exited; restarting it in 5 s" >&2
-      sleep 5
-    done
-  ) </dev/null &
+  # The SuperNode's Runtime API listens on 127.0.0.1:$PORT (Flower's default host).
+  supervise "prefork SuperExec" python -m deploy.prefork_superexec \
+    --runtime-api-address "127.0.0.1:$PORT" --insecure --parent-pid "$SUPERNODE_PID"
 fi
 exec flower-supernode \
   ${ISOLATION[@]+"${ISOLATION[@]}"} \
