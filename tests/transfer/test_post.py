@@ -23,9 +23,9 @@ from prompts.transfer.config import (
     build_config,
     config_from_dict,
 )
-from prompts.transfer.data import load_task, split_task
+from prompts.transfer.data import LabelledTexts, load_task, split_task
 from prompts.transfer.distill import build_student, run_distill
-from prompts.transfer.evaluate import accuracy, run_evaluate
+from prompts.transfer.evaluate import accuracy, probe_accuracy, run_evaluate
 from prompts.transfer.prompt import init_from_text, load_prompt, save_prompt
 from prompts.transfer.transfer import run_transfer
 from prompts.transfer.tune import run_tune
@@ -187,6 +187,20 @@ def test_tuning_raises_training_accuracy(world):
     assert saved["prompt_length"] == 4 and saved["hidden_size"] == 32
     assert saved["label_words"] == ["alpha", "beta", "gamma"] and not saved["dp"]
     assert (root / "prompt" / "adapter_config.json").exists()
+
+
+def test_probe_finds_the_classes_in_the_last_hidden_state_and_not_shuffled_labels(world):
+    data = load_task(str(world["root"] / "task"))
+    train, test = split_task(data, 60, 30, 0)
+    acc = probe_accuracy(world["teacher"], world["tok"], train, test, TEMPLATE, 16)
+    labels = list(train.labels)
+    random.Random(1).shuffle(labels)
+    shuffled = LabelledTexts(train.texts, labels, train.label_names)
+    control = probe_accuracy(world["teacher"], world["tok"], shuffled, test, TEMPLATE, 16)
+    # A random 32-wide LM, so far from perfect, but the class words are in every text; chance
+    # is 1/3 and shuffled training labels leave nothing to find.
+    assert acc >= 0.5
+    assert acc > control + 0.2
 
 
 def test_dp_run_reports_finite_epsilon_no_larger_than_asked(world):
