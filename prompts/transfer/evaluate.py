@@ -45,31 +45,12 @@ def accuracy(
     return (preds == torch.tensor(labels)).float().mean().item()
 
 
-@torch.no_grad()
-def last_hidden(model, tok, texts, template, max_text_tokens, batch_size) -> torch.Tensor:
-    """The final hidden state (after the last norm) where the label word would be predicted."""
-    enc = encode_templated(tok, texts, template, max_text_tokens)
-    device = model.get_input_embeddings().weight.device
-    rows = []
-    for i in range(0, len(texts), batch_size):
-        ids = enc["input_ids"][i : i + batch_size].to(device)
-        mask = enc["attention_mask"][i : i + batch_size].to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            output_hidden_states=True,
-            logits_to_keep=1,
-        )
-        rows.append(out.hidden_states[-1][:, -1].float().cpu())
-    return torch.cat(rows)
-
-
 def probe_accuracy(
     model, tok, train, test, template: str, max_text_tokens: int, batch_size: int = 32
 ) -> float:
-    """Test accuracy of a logistic-regression probe on :func:`last_hidden` (no prompt).
+    """Test accuracy of a logistic-regression probe on the last position's final hidden state.
+
+    The last position is where the label word is predicted; no prompt is used.
 
     A diagnostic for choosing a student: it says whether the task is still *in* the model's
     representation where the label is read, apart from whether a prompt can steer the head
@@ -77,10 +58,12 @@ def probe_accuracy(
     """
     from sklearn.linear_model import LogisticRegression
 
-    x_train = last_hidden(model, tok, train.texts, template, max_text_tokens, batch_size)
-    x_test = last_hidden(model, tok, test.texts, template, max_text_tokens, batch_size)
-    probe = LogisticRegression(max_iter=2000).fit(x_train.numpy(), train.labels)
-    return float(probe.score(x_test.numpy(), test.labels))
+    def features(texts):
+        enc = encode_templated(tok, texts, template, max_text_tokens)
+        return batched_logits(model, enc, None, batch_size, hidden=True).float().cpu().numpy()
+
+    probe = LogisticRegression(max_iter=2000).fit(features(train.texts), train.labels)
+    return float(probe.score(features(test.texts), test.labels))
 
 
 def run_evaluate(cfg: EvaluateConfig, teacher=None, tok=None, student=None, quiet=False):

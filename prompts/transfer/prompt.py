@@ -53,11 +53,13 @@ def last_logits(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     prompt: torch.Tensor | None = None,
+    hidden: bool = False,
 ) -> torch.Tensor:
     """Next-token logits at the last position, with ``prompt`` (B, n, H) or (n, H) prepended.
 
     Inputs are left-padded; position ids count only real tokens, and only the last position's
-    logits are computed (``logits_to_keep=1``).
+    logits are computed (``logits_to_keep=1``). With ``hidden`` it returns the final hidden
+    state there (after the last norm, what the head reads) instead of the logits.
     """
     embeds = model.get_input_embeddings()(input_ids)
     mask = attention_mask
@@ -68,19 +70,30 @@ def last_logits(
         ones = torch.ones(prompt.shape[:2], dtype=mask.dtype, device=mask.device)
         mask = torch.cat([ones, mask], dim=1)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=1)
-    return out.logits[:, -1]
+    out = model(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=positions,
+        logits_to_keep=1,
+        output_hidden_states=hidden,
+    )
+    return out.hidden_states[-1][:, -1] if hidden else out.logits[:, -1]
 
 
 @torch.no_grad()
-def batched_logits(model, enc, prompt, batch_size: int, progress=None) -> torch.Tensor:
-    """Last-position logits of every row of ``enc`` (no gradient), ``batch_size`` rows at a time."""
+def batched_logits(
+    model, enc, prompt, batch_size: int, progress=None, hidden: bool = False
+) -> torch.Tensor:
+    """Last-position logits of every row of ``enc`` (no gradient), ``batch_size`` rows at a time.
+
+    With ``hidden``, the final hidden states there instead (see :func:`last_logits`).
+    """
     device = model.get_input_embeddings().weight.device
     out = []
     for b, i in enumerate(range(0, enc["input_ids"].shape[0], batch_size), start=1):
         ids = enc["input_ids"][i : i + batch_size].to(device)
         mask = enc["attention_mask"][i : i + batch_size].to(device)
-        out.append(last_logits(model, ids, mask, prompt))
+        out.append(last_logits(model, ids, mask, prompt, hidden))
         if progress is not None:
             progress.update(b)
     return torch.cat(out)
