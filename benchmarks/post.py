@@ -12,6 +12,8 @@ one JSON object (also written to FILE).
 ``--sweep`` instead measures the student's accuracy with its tuned prompt against the teacher
 layers kept and the distillation steps, which is how the default student was chosen, beside a
 linear probe of its last hidden state (whether the task is still in the student at all).
+``--dp-select`` scores DP tuning settings (expected batch and epochs) of the student on
+training examples held out from tuning, which is how the DP setting was chosen.
 """
 
 from __future__ import annotations
@@ -191,6 +193,57 @@ def sweep(args, teacher, tok, teacher_id, common, cache_root: Path) -> dict:
     return {"sweep": rows, "task": args.task, "train_size": args.sweep_train}
 
 
+def dp_select(args, student, tok, student_dir: str, student_id: str, common, sizes) -> dict:
+    """Student accuracy with DP prompts of several batch/epoch settings, on held-out training data.
+
+    The first ``--select-val`` training examples (past the test split, class-balanced) are held
+    out and the prompt is tuned on the rest, so the choice never reads the test split. A
+    candidate is ``BATCH/EPOCHS``, or ``none`` for the non-DP tuning as a reference.
+    """
+    data = load_task(args.task)
+    n_train = sizes["tune"]["train_size"]
+    n_fit, n_test = n_train - args.select_val, sizes["tune"]["test_size"]
+    rows = []
+    for spec in args.dp_select.split(";"):
+        batch, _, epochs = spec.partition("/")
+        dp = spec != "none"
+        kw = {"batch_size": int(batch), "epochs": int(epochs)} if dp else {}
+        dp_kw = {"dp_epsilon": args.dp_epsilon, "dp_delta": 0.1 / n_train} if dp else {}
+        cfg = TuneConfig(
+            model=student_dir,
+            out=str(Path(args.workdir or tempfile.mkdtemp()) / f"select_{spec.replace('/', 'x')}"),
+            task=args.task,
+            **{**sizes["tune"], "train_size": n_fit, "test_size": n_test + args.select_val, **kw},
+            **dp_kw,
+            **common,
+        )
+        meta, prompt = run_tune(cfg, model=student, tok=tok, model_id=student_id)
+        # split_task puts the test split first, so the held-out examples follow it.
+        val = split_task(data, cfg.train_size, cfg.test_size, cfg.data_seed)[1]
+        row = {
+            "setting": spec,
+            "val_acc": accuracy(
+                student,
+                tok,
+                prompt,
+                val.texts[n_test:],
+                val.labels[n_test:],
+                meta["template"],
+                label_token_ids(tok, meta["label_words"]),
+                cfg.max_text_tokens,
+                32,
+            ),
+            "steps": meta["steps"],
+            "noise_multiplier": meta["noise_multiplier"],
+            "epsilon": meta["epsilon"],
+            "train_acc": meta["train_accuracy"],
+            "seconds_tuning": meta["seconds"],
+        }
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
+    return {"dp_select": rows, "task": args.task, "fit_size": n_fit, "val_size": args.select_val}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns (and prints as the last line) the result dict."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -216,6 +269,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--sweep-train", type=int, default=400, help="training examples per sweep")
     parser.add_argument(
+        "--dp-select",
+        default="",
+        help="'BATCH/EPOCHS;...' (or 'none' for no DP): score DP tuning settings of the student on"
+        " held-out training examples instead of the full run",
+    )
+    parser.add_argument(
+        "--select-val", type=int, default=375, help="training examples held out by --dp-select"
+    )
+    parser.add_argument(
         "--reuse",
         action="store_true",
         help="keep prompts already in --workdir (made by an earlier, interrupted run or by the"
@@ -228,6 +290,8 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = json.loads(json.dumps(QUICK if args.quick else FULL))
     if not args.quick:
         sizes["tune"]["train_size"] = args.train_size or TRAIN_SIZE.get(args.task, 1000)
+    if args.dp_select and not 0 < args.select_val < sizes["tune"]["train_size"]:
+        parser.error(f"--select-val must be in 1..{sizes['tune']['train_size'] - 1}")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="post-bench-"))
     cache_root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     common = {
@@ -272,6 +336,9 @@ def main(argv: list[str] | None = None) -> dict:
         )
     student_dir = d_sum["config"]["out"]
     student_id = d_sum["model_id"]
+    if args.dp_select:
+        result = dp_select(args, student, tok, student_dir, student_id, common, sizes)
+        return _emit(result, args.out)
 
     def tune(model, model_id, out, **kw):
         if args.reuse and (work / out / "metadata.json").exists():

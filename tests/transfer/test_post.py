@@ -582,3 +582,43 @@ def test_benchmark_caches_the_distilled_student(world, tmp_path):
     # Another setting is another student.
     other, _, cached3 = cached_student(*args[:3], {**dcfg, "steps": 4}, *args[4:])
     assert not cached3 and other["config"]["out"] != first["config"]["out"]
+
+
+def test_dp_select_holds_out_training_examples_past_the_test_split(world, tmp_path):
+    from benchmarks.post import main
+
+    root = world["root"]
+    result = main(
+        [
+            "--quick",
+            "--teacher",
+            str(root / "teacher"),
+            "--task",
+            str(root / "task"),
+            "--public-corpus",
+            str(root / "public.txt"),
+            "--dp-select",
+            "none;8/2",
+            "--select-val",
+            "10",
+            "--workdir",
+            str(tmp_path),
+        ]
+    )
+    assert [r["setting"] for r in result["dp_select"]] == ["none", "8/2"]
+    assert result["fit_size"] == 30 and result["val_size"] == 10
+    plain, dp = result["dp_select"]
+    assert plain["noise_multiplier"] is None and plain["epsilon"] is None
+    assert dp["noise_multiplier"] > 0 and 0 < dp["epsilon"] <= 8.0
+    # Tuned on 30 examples that follow the 30 test and 10 held-out ones in split_task's order.
+    meta = read_metadata(tmp_path / "select_8x2")
+    assert meta["train_size"] == 30 and meta["test_size"] == 40 and meta["dp"]
+    assert meta["config"]["batch_size"] == 8 and meta["config"]["epochs"] == 2
+    student, tok, _ = load_model(str(tmp_path / "student"), device="cpu")
+    prompt = load_prompt(tmp_path / "select_8x2", student, tok)[0]
+    held = split_task(load_task(str(root / "task")), 30, 40, 0)[1]
+    label_ids = [tok(" " + w, add_special_tokens=False).input_ids[0] for w in meta["label_words"]]
+    args = (held.texts[30:], held.labels[30:], meta["template"], label_ids, 24, 32)
+    assert dp["val_acc"] == pytest.approx(accuracy(student, tok, prompt, *args))
+    with pytest.raises(SystemExit):
+        main(["--quick", "--teacher", str(root / "teacher"), "--dp-select", "8/1"])
