@@ -138,6 +138,12 @@ def cached_student(
     return {**summary, "config": {**summary["config"], "out": str(folder)}}, student, False
 
 
+def task_accuracy(model, tok, prompt, texts, labels, meta: dict, max_text_tokens: int) -> float:
+    """Accuracy of ``prompt`` with the template and label words recorded in a prompt's ``meta``."""
+    ids = label_token_ids(tok, meta["label_words"])
+    return accuracy(model, tok, prompt, texts, labels, meta["template"], ids, max_text_tokens, 32)
+
+
 def sweep(args, teacher, tok, teacher_id, common, cache_root: Path) -> dict:
     """Student accuracy with its tuned prompt against layers kept and distillation steps."""
     rows = []
@@ -166,16 +172,8 @@ def sweep(args, teacher, tok, teacher_id, common, cache_root: Path) -> dict:
         )
         meta, prompt = run_tune(cfg, model=student, tok=tok, model_id=spec)
         train, test = split_task(data, cfg.train_size, cfg.test_size, cfg.data_seed)
-        acc = accuracy(
-            student,
-            tok,
-            prompt,
-            test.texts,
-            test.labels,
-            meta["template"],
-            label_token_ids(tok, meta["label_words"]),
-            cfg.max_text_tokens,
-            32,
+        acc = task_accuracy(
+            student, tok, prompt, test.texts, test.labels, meta, cfg.max_text_tokens
         )
         probe = probe_accuracy(student, tok, train, test, meta["template"], cfg.max_text_tokens)
         row = {
@@ -220,19 +218,10 @@ def dp_select(args, student, tok, student_dir: str, student_id: str, common, siz
         meta, prompt = run_tune(cfg, model=student, tok=tok, model_id=student_id)
         # split_task puts the test split first, so the held-out examples follow it.
         val = split_task(data, cfg.train_size, cfg.test_size, cfg.data_seed)[1]
+        held = (val.texts[n_test:], val.labels[n_test:])
         row = {
             "setting": spec,
-            "val_acc": accuracy(
-                student,
-                tok,
-                prompt,
-                val.texts[n_test:],
-                val.labels[n_test:],
-                meta["template"],
-                label_token_ids(tok, meta["label_words"]),
-                cfg.max_text_tokens,
-                32,
-            ),
+            "val_acc": task_accuracy(student, tok, prompt, *held, meta, cfg.max_text_tokens),
             "steps": meta["steps"],
             "noise_multiplier": meta["noise_multiplier"],
             "epsilon": meta["epsilon"],
@@ -383,16 +372,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     def test_acc(model, prompt_dir: str | None) -> float:
         prompt = load_prompt(work / prompt_dir, model, tok)[0] if prompt_dir else None
-        return accuracy(
-            model,
-            tok,
-            prompt,
-            test.texts,
-            test.labels,
-            meta0["template"],
-            label_token_ids(tok, meta0["label_words"]),
-            meta0["max_text_tokens"],
-            32,
+        return task_accuracy(
+            model, tok, prompt, test.texts, test.labels, meta0, meta0["max_text_tokens"]
         )
 
     acc: dict[str, float] = {}
