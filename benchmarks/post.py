@@ -144,7 +144,7 @@ def task_accuracy(model, tok, prompt, texts, labels, meta: dict, max_text_tokens
     return accuracy(model, tok, prompt, texts, labels, meta["template"], ids, max_text_tokens, 32)
 
 
-def sweep(args, teacher, tok, teacher_id, common, cache_root: Path) -> dict:
+def sweep(args, teacher, tok, teacher_id, common, cache_root: Path, work: Path) -> dict:
     """Student accuracy with its tuned prompt against layers kept and distillation steps."""
     rows = []
     data = load_task(args.task)
@@ -164,7 +164,7 @@ def sweep(args, teacher, tok, teacher_id, common, cache_root: Path) -> dict:
             seconds, cached = 0.0, False
         cfg = TuneConfig(
             model="student",
-            out=str(Path(args.workdir or tempfile.mkdtemp()) / f"sweep_{len(rows)}"),
+            out=str(work / f"sweep_{len(rows)}"),
             task=args.task,
             train_size=args.sweep_train,
             **{**FULL["tune"], "test_size": FULL["tune"]["test_size"]},
@@ -191,7 +191,9 @@ def sweep(args, teacher, tok, teacher_id, common, cache_root: Path) -> dict:
     return {"sweep": rows, "task": args.task, "train_size": args.sweep_train}
 
 
-def dp_select(args, student, tok, student_dir: str, student_id: str, common, sizes) -> dict:
+def dp_select(
+    args, student, tok, student_dir: str, student_id: str, common, sizes, work: Path
+) -> dict:
     """Student accuracy with DP prompts of several batch/epoch settings, on held-out training data.
 
     The first ``--select-val`` training examples (past the test split, class-balanced) are held
@@ -209,7 +211,7 @@ def dp_select(args, student, tok, student_dir: str, student_id: str, common, siz
         dp_kw = {"dp_epsilon": args.dp_epsilon, "dp_delta": 0.1 / n_train} if dp else {}
         cfg = TuneConfig(
             model=student_dir,
-            out=str(Path(args.workdir or tempfile.mkdtemp()) / f"select_{spec.replace('/', 'x')}"),
+            out=str(work / f"select_{spec.replace('/', 'x')}"),
             task=args.task,
             **{**sizes["tune"], "train_size": n_fit, "test_size": n_test + args.select_val, **kw},
             **dp_kw,
@@ -295,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
     teacher, tok, teacher_id = load_model(args.teacher, args.cache_dir or None, "auto")
     seconds_load = time.perf_counter() - t0
     if args.sweep:
-        result = sweep(args, teacher, tok, teacher_id, common, cache_root)
+        result = sweep(args, teacher, tok, teacher_id, common, cache_root, work)
         return _emit(result, args.out)
 
     if args.quick:  # a throwaway student: the cache is for the real one
@@ -326,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
     student_dir = d_sum["config"]["out"]
     student_id = d_sum["model_id"]
     if args.dp_select:
-        result = dp_select(args, student, tok, student_dir, student_id, common, sizes)
+        result = dp_select(args, student, tok, student_dir, student_id, common, sizes, work)
         return _emit(result, args.out)
 
     def tune(model, model_id, out, **kw):
