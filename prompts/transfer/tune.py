@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -49,8 +50,30 @@ class PromptClassifier(torch.nn.Module):
         return self.prompt_encoder.embedding.weight.detach().clone()
 
 
-def run_tune(cfg: TuneConfig, model=None, tok=None, model_id: str | None = None, quiet=False):
-    """Tune and save a prompt; returns a summary (accuracy, epsilon, seconds, folder)."""
+def run_tune(
+    cfg: TuneConfig,
+    model=None,
+    tok=None,
+    model_id: str | None = None,
+    quiet=False,
+    on_epoch: Callable[[int, torch.Tensor], None] | None = None,
+):
+    """Tune and save a prompt; returns a summary (accuracy, epsilon, seconds, folder).
+
+    Parameters
+    ----------
+    cfg
+        The tuning settings.
+    model, tok, model_id
+        An already loaded model (else ``cfg.model`` is loaded).
+    quiet
+        No progress output.
+    on_epoch
+        Called after each epoch with its number (from 1) and a copy of the prompt. The learning
+        rate is constant and the shuffle depends only on the seed, so the prompt after epoch k
+        equals the prompt of a k-epoch run: one run scores every epoch count up to
+        ``cfg.epochs``. Its time is not counted in the summary's ``seconds``.
+    """
     from peft.tuners.prompt_tuning import PromptEmbedding
 
     setup_run(cfg)
@@ -101,7 +124,8 @@ def run_tune(cfg: TuneConfig, model=None, tok=None, model_id: str | None = None,
     progress = Progress("tune-dp" if dp else "tune", total, cfg.log_every, quiet)
     step, history = 0, []
     start = time.perf_counter()
-    for _ in range(cfg.epochs):
+    paused = 0.0
+    for epoch in range(1, cfg.epochs + 1):
         for ids, mask, y in loader:
             step += 1
             if len(y) == 0:  # Poisson sampling can draw an empty batch: nothing to learn
@@ -113,7 +137,11 @@ def run_tune(cfg: TuneConfig, model=None, tok=None, model_id: str | None = None,
             opt.step()
             history.append(loss.item())
             progress.update(step, loss=loss.item())
-    seconds = time.perf_counter() - start
+        if on_epoch is not None:
+            t = time.perf_counter()
+            on_epoch(epoch, clf.prompt())
+            paused += time.perf_counter() - t
+    seconds = time.perf_counter() - start - paused
 
     prompt = clf.prompt()
     # A class-balanced prefix of the training set (the split interleaves classes): on the whole

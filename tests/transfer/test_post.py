@@ -213,6 +213,23 @@ def test_dp_run_reports_finite_epsilon_no_larger_than_asked(world):
     assert meta["noise_multiplier"] > 0 and meta["max_grad_norm"] == 1.0
 
 
+def test_prompt_after_epoch_k_is_the_prompt_of_a_k_epoch_run(world, tmp_path):
+    root = world["root"]
+    seen: dict[int, torch.Tensor] = {}
+    meta = run_tune(
+        tune_cfg(root, out=str(tmp_path / "three"), epochs=3),
+        quiet=True,
+        on_epoch=lambda epoch, prompt: seen.setdefault(epoch, prompt),
+    )[0]
+    assert sorted(seen) == [1, 2, 3]
+    student, tok, _ = load_model(str(root / "student"), device="cpu")
+    assert torch.equal(seen[3], load_prompt(tmp_path / "three", student, tok)[0])
+    two = run_tune(tune_cfg(root, out=str(tmp_path / "two"), epochs=2), quiet=True)[1]
+    assert torch.equal(seen[2], two)
+    # Tuning moved the prompt between epochs: the copies are not one tensor seen three times.
+    assert not torch.equal(seen[1], seen[2]) and meta["steps"] == 3 * 6
+
+
 def test_transfer_lowers_loss_and_raises_heldout_agreement(world):
     root = world["root"]
     summary = run_transfer(
@@ -584,11 +601,11 @@ def test_benchmark_caches_the_distilled_student(world, tmp_path):
     assert not cached3 and other["config"]["out"] != first["config"]["out"]
 
 
-def test_dp_select_holds_out_training_examples_past_the_test_split(world, tmp_path):
+def quick_bench(root: Path, workdir: Path, *flags: str) -> dict:
+    """``benchmarks.post --quick`` on the tiny world, with ``flags`` added."""
     from benchmarks.post import main
 
-    root = world["root"]
-    result = main(
+    return main(
         [
             "--quick",
             "--teacher",
@@ -597,14 +614,18 @@ def test_dp_select_holds_out_training_examples_past_the_test_split(world, tmp_pa
             str(root / "task"),
             "--public-corpus",
             str(root / "public.txt"),
-            "--dp-select",
-            "none;8/2",
-            "--select-val",
-            "10",
             "--workdir",
-            str(tmp_path),
+            str(workdir),
+            *flags,
         ]
     )
+
+
+def test_dp_select_holds_out_training_examples_past_the_test_split(world, tmp_path):
+    from benchmarks.post import main
+
+    root = world["root"]
+    result = quick_bench(root, tmp_path, "--dp-select", "none;8/2", "--select-val", "10")
     assert [r["setting"] for r in result["dp_select"]] == ["none", "8/2"]
     assert result["fit_size"] == 30 and result["val_size"] == 10
     plain, dp = result["dp_select"]
@@ -622,3 +643,25 @@ def test_dp_select_holds_out_training_examples_past_the_test_split(world, tmp_pa
     assert dp["val_acc"] == pytest.approx(accuracy(student, tok, prompt, *args))
     with pytest.raises(SystemExit):
         main(["--quick", "--teacher", str(root / "teacher"), "--dp-select", "8/1"])
+
+
+def test_epoch_select_scores_every_epoch_on_held_out_examples(world, tmp_path):
+    from benchmarks.post import main
+
+    root = world["root"]
+    result = quick_bench(root, tmp_path, "--epoch-select", "3", "--select-val", "10")
+    rows = result["epoch_select"]
+    assert [r["epochs"] for r in rows] == [1, 2, 3]
+    best = max(r["val_acc"] for r in rows)
+    assert result["chosen_epochs"] == min(r["epochs"] for r in rows if r["val_acc"] == best)
+    # The final row is the saved 3-epoch prompt scored on the 10 examples after the test split.
+    meta = read_metadata(tmp_path / "select_epochs")
+    assert meta["train_size"] == 30 and meta["test_size"] == 40 and not meta["dp"]
+    student, tok, _ = load_model(str(tmp_path / "student"), device="cpu")
+    prompt = load_prompt(tmp_path / "select_epochs", student, tok)[0]
+    held = split_task(load_task(str(root / "task")), 30, 40, 0)[1]
+    label_ids = [tok(" " + w, add_special_tokens=False).input_ids[0] for w in meta["label_words"]]
+    args = (held.texts[30:], held.labels[30:], meta["template"], label_ids, 24, 32)
+    assert rows[-1]["val_acc"] == pytest.approx(accuracy(student, tok, prompt, *args))
+    with pytest.raises(SystemExit):
+        main(["--quick", "--teacher", str(root / "teacher"), "--epoch-select", "-1"])
