@@ -72,8 +72,8 @@ FULL = {
         "batch_size": 8,
         "max_text_tokens": 32,
     },
-    # DP tuning takes expected batches of 64 over 8 epochs (234 steps): at ε=8 the noise on each
-    # averaged step is then about a fifth of batch 16's over one epoch. Chosen before the test
+    # DP tuning takes expected batches of 64 over 8 epochs (240 steps): at ε=8 the noise on each
+    # averaged step (σ/B) is then 0.38 times batch 16's over one epoch. Chosen before the test
     # split was read, on 375 held-out training articles, among no DP and batch/epochs 16/1, 64/1,
     # 32/2, 64/4, 128/8 and 64/8 (README, "DP: batch and epochs").
     "tune_dp": {"batch_size": 64, "epochs": 8},
