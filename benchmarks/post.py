@@ -268,19 +268,16 @@ def epoch_select(
         **common,
     )
     rows = []
+    # The metadata is written only at the end, so the template and label words are taken from
+    # the config, resolved as run_tune resolves them.
+    words = cfg.label_word_list(load_task(args.task).label_names)
+    reading = {"template": cfg.resolved_template(), "label_words": words}
     start = time.perf_counter()
 
     def score(epoch: int, prompt: torch.Tensor) -> None:
-        # The template and label words are resolved the same way for every epoch; the metadata
-        # is written only at the end, so they are taken from the config here.
-        data = load_task(args.task)
-        meta = {
-            "template": cfg.resolved_template(),
-            "label_words": cfg.label_word_list(data.label_names),
-        }
         row = {
             "epochs": epoch,
-            "val_acc": task_accuracy(student, tok, prompt, *held, meta, cfg.max_text_tokens),
+            "val_acc": task_accuracy(student, tok, prompt, *held, reading, cfg.max_text_tokens),
             "seconds_elapsed": time.perf_counter() - start,
         }
         print(json.dumps(row), file=sys.stderr, flush=True)
