@@ -44,10 +44,10 @@ from prompts.transfer.tune import run_tune
 
 # Settings of the full run, fixed before the test split was read (reasons in the README): the
 # whole BBC training part (all but 250 test articles) and the same sizes for the student and for
-# full tuning. Four epochs (470 steps of batch 16): the most the 2-core machine affords for full
+# full tuning. Four epochs (472 steps of batch 16): the most the 2-core machine affords for full
 # tuning on the teacher (46 minutes), and the best of 1-4 epochs for the student's prompt on 375
-# held-out training articles (``--epoch-select 4``: 52.8, 71.2, 73.3, 82.1%). Distillation: 150 steps, 24 minutes on a shared 2-core machine,
-# inside the 30 minutes the model owner is allowed; the sweep in the README shows the student
+# held-out training articles (``--epoch-select 4``: 52.8, 71.2, 73.3, 82.1%). Distillation: 150
+# steps, 24 minutes on a shared 2-core machine, inside the 30 minutes the model owner is allowed; the sweep in the README shows the student
 # going from chance at 30 steps to 46% at 150.
 FULL = {
     "distill": {
@@ -191,18 +191,23 @@ def sweep(args, teacher, tok, teacher_id, common, cache_root: Path, work: Path) 
     return {"sweep": rows, "task": args.task, "train_size": args.sweep_train}
 
 
-def heldout_split(args, sizes) -> tuple[int, int, tuple[list, list]]:
-    """Training examples kept for fitting, the test size, and the held-out (texts, labels).
+def heldout_split(args, sizes) -> tuple[dict, tuple[list, list]]:
+    """The tuning sizes that leave ``--select-val`` examples out, and those (texts, labels).
 
     ``split_task`` puts the test split first, so tuning on ``train_size - select_val`` examples
     with ``test_size + select_val`` held out leaves the ``select_val`` examples right after the
     test split unseen: a choice scored on them never reads the test split.
     """
-    n_train = sizes["tune"]["train_size"]
-    n_fit, n_test = n_train - args.select_val, sizes["tune"]["test_size"]
+    n_test = sizes["tune"]["test_size"]
+    fit = {
+        **sizes["tune"],
+        "train_size": sizes["tune"]["train_size"] - args.select_val,
+        "test_size": n_test + args.select_val,
+    }
     # The benchmark never overrides the split's seed, so the config's default is the one used.
-    val = split_task(load_task(args.task), n_fit, n_test + args.select_val, TuneConfig.data_seed)[1]
-    return n_fit, n_test, (val.texts[n_test:], val.labels[n_test:])
+    data = load_task(args.task)
+    val = split_task(data, fit["train_size"], fit["test_size"], TuneConfig.data_seed)[1]
+    return fit, (val.texts[n_test:], val.labels[n_test:])
 
 
 def dp_select(
@@ -215,7 +220,7 @@ def dp_select(
     ``BATCH/EPOCHS``, or ``none`` for the non-DP tuning as a reference.
     """
     n_train = sizes["tune"]["train_size"]
-    n_fit, n_test, held = heldout_split(args, sizes)
+    fit, held = heldout_split(args, sizes)
     rows = []
     for spec in args.dp_select.split(";"):
         batch, _, epochs = spec.partition("/")
@@ -226,7 +231,7 @@ def dp_select(
             model=student_dir,
             out=str(work / f"select_{spec.replace('/', 'x')}"),
             task=args.task,
-            **{**sizes["tune"], "train_size": n_fit, "test_size": n_test + args.select_val, **kw},
+            **{**fit, **kw},
             **dp_kw,
             **common,
         )
@@ -242,7 +247,12 @@ def dp_select(
         }
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
-    return {"dp_select": rows, "task": args.task, "fit_size": n_fit, "val_size": args.select_val}
+    return {
+        "dp_select": rows,
+        "task": args.task,
+        "fit_size": fit["train_size"],
+        "val_size": args.select_val,
+    }
 
 
 def epoch_select(
@@ -254,17 +264,12 @@ def epoch_select(
     the prompt after epoch k is the prompt of a k-epoch run (``run_tune``'s ``on_epoch``). The
     choice is the epoch count with the best held-out accuracy, the fewest on ties.
     """
-    n_fit, n_test, held = heldout_split(args, sizes)
+    fit, held = heldout_split(args, sizes)
     cfg = TuneConfig(
         model=student_dir,
         out=str(work / "select_epochs"),
         task=args.task,
-        **{
-            **sizes["tune"],
-            "train_size": n_fit,
-            "test_size": n_test + args.select_val,
-            "epochs": args.epoch_select,
-        },
+        **{**fit, "epochs": args.epoch_select},
         **common,
     )
     rows = []
@@ -289,7 +294,7 @@ def epoch_select(
         "epoch_select": rows,
         "chosen_epochs": best["epochs"],
         "task": args.task,
-        "fit_size": n_fit,
+        "fit_size": fit["train_size"],
         "val_size": args.select_val,
         "steps_per_epoch": meta["steps"] // args.epoch_select,
         "seconds_tuning": meta["seconds"],
