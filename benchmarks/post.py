@@ -13,7 +13,9 @@ one JSON object (also written to FILE).
 layers kept and the distillation steps, which is how the default student was chosen, beside a
 linear probe of its last hidden state (whether the task is still in the student at all).
 ``--dp-select`` scores DP tuning settings (expected batch and epochs) of the student on
-training examples held out from tuning, which is how the DP setting was chosen.
+training examples held out from tuning, which is how the DP setting was chosen; ``--epoch-select``
+scores the epochs of the student's tuning by the teacher's held-out accuracy with the transferred
+prompt, which is how the epochs were chosen (``--epochs`` overrides them).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from prompts.transfer.config import (
 from prompts.transfer.data import label_token_ids, load_task, split_task
 from prompts.transfer.distill import run_distill
 from prompts.transfer.evaluate import accuracy, probe_accuracy
-from prompts.transfer.prompt import load_prompt
+from prompts.transfer.prompt import load_prompt, save_prompt
 from prompts.transfer.transfer import run_transfer
 from prompts.transfer.tune import run_tune
 
@@ -256,13 +258,27 @@ def dp_select(
 
 
 def epoch_select(
-    args, student, tok, student_dir: str, student_id: str, common, sizes, work: Path
+    args,
+    student,
+    tok,
+    student_dir: str,
+    student_id: str,
+    teacher,
+    teacher_id,
+    common,
+    sizes,
+    work: Path,
 ) -> dict:
-    """Held-out accuracy of the student's (non-DP) prompt after each of ``--epoch-select`` epochs.
+    """Held-out accuracy after each of ``--epoch-select`` epochs of the student's (non-DP) prompt.
 
     One tuning run on the training part minus the held-out examples (:func:`heldout_split`);
-    the prompt after epoch k is the prompt of a k-epoch run (``run_tune``'s ``on_epoch``). The
-    choice is the epoch count with the best held-out accuracy, the fewest on ties.
+    the prompt after epoch k is the prompt of a k-epoch run (``run_tune``'s ``on_epoch``). Each
+    epoch's prompt is scored three ways on the held-out examples: on the student
+    (``val_acc``), copied to the teacher as it is (``naive_val_acc``) and transferred to the
+    teacher with the full run's transfer settings (``post_val_acc``). The choice is the epoch
+    count with the best transferred accuracy, the fewest on ties: what the data owner ends up
+    using is the teacher with the transferred prompt, and the student fitting its task better
+    does not make that prompt better (README, "Epochs").
     """
     fit, held = heldout_split(args, sizes)
     cfg = TuneConfig(
@@ -272,24 +288,44 @@ def epoch_select(
         **{**fit, "epochs": args.epoch_select},
         **common,
     )
-    rows = []
+    rows: list[dict] = []
+    prompts: dict[int, torch.Tensor] = {}
     # The metadata is written only at the end, so the template and label words are taken from
     # the config, resolved as run_tune resolves them.
     words = cfg.label_word_list(load_task(args.task).label_names)
     reading = {"template": cfg.resolved_template(), "label_words": words}
     start = time.perf_counter()
 
+    def held_acc(model, prompt) -> float:
+        return task_accuracy(model, tok, prompt, *held, reading, cfg.max_text_tokens)
+
     def score(epoch: int, prompt: torch.Tensor) -> None:
-        row = {
-            "epochs": epoch,
-            "val_acc": task_accuracy(student, tok, prompt, *held, reading, cfg.max_text_tokens),
-            "seconds_elapsed": time.perf_counter() - start,
-        }
+        prompts[epoch] = prompt
+        row = {"epochs": epoch, "val_acc": held_acc(student, prompt)}
+        row["seconds_elapsed"] = time.perf_counter() - start
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
 
     meta, _ = run_tune(cfg, model=student, tok=tok, model_id=student_id, on_epoch=score)
-    best = max(rows, key=lambda r: (r["val_acc"], -r["epochs"]))
+    for row in rows:
+        k = row["epochs"]
+        # Each epoch's prompt as an artifact of a k-epoch run, so it is transferred by the
+        # same code path (and checks) as the full run's.
+        folder = work / f"select_epochs_{k}"
+        save_prompt(folder, prompts[k], student, tok, student_id, {**meta, "epochs_run": k})
+        post_meta, post_prompt = run_transfer(
+            transfer_config(args, student_dir, folder, work / f"select_post_{k}", sizes, common),
+            teacher=teacher,
+            tok=tok,
+            model_id=teacher_id,
+            student=student,
+            quiet=True,
+        )
+        row["naive_val_acc"] = held_acc(teacher, prompts[k].to(teacher.device))
+        row["post_val_acc"] = held_acc(teacher, post_prompt)
+        row["seconds_elapsed"] = time.perf_counter() - start
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    best = max(rows, key=lambda r: (r["post_val_acc"], -r["epochs"]))
     return {
         "epoch_select": rows,
         "chosen_epochs": best["epochs"],
@@ -299,6 +335,28 @@ def epoch_select(
         "steps_per_epoch": meta["steps"] // args.epoch_select,
         "seconds_tuning": meta["seconds"],
     }
+
+
+def transfer_config(
+    args,
+    student_dir: str,
+    prompt_dir: Path,
+    out: Path,
+    sizes: dict,
+    common: dict,
+    objective: str = "label",
+) -> TransferConfig:
+    """The transfer settings of the run (and of ``--epoch-select``) for one student prompt."""
+    return TransferConfig(
+        student=student_dir,
+        student_prompt=str(prompt_dir),
+        out=str(out),
+        teacher=args.teacher,
+        public_corpus=args.public_corpus,
+        objective=objective,
+        **sizes["transfer"],
+        **common,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -335,8 +393,14 @@ def main(argv: list[str] | None = None) -> dict:
         "--epoch-select",
         type=int,
         default=0,
-        help="N: score the student's non-DP prompt on held-out training examples after each of"
-        " N epochs instead of the full run",
+        help="N: score the student's non-DP prompt, and that prompt transferred to the teacher, on"
+        " held-out training examples after each of N epochs instead of the full run",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=0,
+        help="epochs of the student's and the full prompt tuning (0: the full run's setting)",
     )
     parser.add_argument(
         "--select-val",
@@ -362,6 +426,10 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--select-val must be in 1..{sizes['tune']['train_size'] - 1}")
     if args.epoch_select < 0:
         parser.error(f"--epoch-select must be >= 0, got {args.epoch_select}")
+    if args.epochs < 0:
+        parser.error(f"--epochs must be >= 0, got {args.epochs}")
+    if args.epochs:
+        sizes["tune"]["epochs"] = args.epochs
     work = Path(args.workdir or tempfile.mkdtemp(prefix="post-bench-"))
     cache_root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     common = {
@@ -410,7 +478,9 @@ def main(argv: list[str] | None = None) -> dict:
         result = dp_select(args, student, tok, student_dir, student_id, common, sizes, work)
         return _emit(result, args.out)
     if args.epoch_select:
-        result = epoch_select(args, student, tok, student_dir, student_id, common, sizes, work)
+        result = epoch_select(
+            args, student, tok, student_dir, student_id, teacher, teacher_id, common, sizes, work
+        )
         return _emit(result, args.out)
 
     def tune(model, model_id, out, **kw):
@@ -431,15 +501,8 @@ def main(argv: list[str] | None = None) -> dict:
     def transfer(prompt_dir, out, objective="label"):
         if args.reuse and (work / out / "metadata.json").exists():
             return read_metadata(work / out)
-        cfg = TransferConfig(
-            student=student_dir,
-            student_prompt=str(work / prompt_dir),
-            out=str(work / out),
-            teacher=args.teacher,
-            public_corpus=args.public_corpus,
-            objective=objective,
-            **sizes["transfer"],
-            **common,
+        cfg = transfer_config(
+            args, student_dir, work / prompt_dir, work / out, sizes, common, objective
         )
         return run_transfer(cfg, teacher=teacher, tok=tok, model_id=teacher_id, student=student)[0]
 

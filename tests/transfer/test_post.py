@@ -652,8 +652,9 @@ def test_epoch_select_scores_every_epoch_on_held_out_examples(world, tmp_path):
     result = quick_bench(root, tmp_path, "--epoch-select", "3", "--select-val", "10")
     rows = result["epoch_select"]
     assert [r["epochs"] for r in rows] == [1, 2, 3]
-    best = max(r["val_acc"] for r in rows)
-    assert result["chosen_epochs"] == min(r["epochs"] for r in rows if r["val_acc"] == best)
+    # Chosen by the teacher with the transferred prompt, not by the student.
+    best = max(r["post_val_acc"] for r in rows)
+    assert result["chosen_epochs"] == min(r["epochs"] for r in rows if r["post_val_acc"] == best)
     # The final row is the saved 3-epoch prompt scored on the 10 examples after the test split.
     meta = read_metadata(tmp_path / "select_epochs")
     assert meta["train_size"] == 30 and meta["test_size"] == 40 and not meta["dp"]
@@ -663,5 +664,36 @@ def test_epoch_select_scores_every_epoch_on_held_out_examples(world, tmp_path):
     label_ids = [tok(" " + w, add_special_tokens=False).input_ids[0] for w in meta["label_words"]]
     args = (held.texts[30:], held.labels[30:], meta["template"], label_ids, 24, 32)
     assert rows[-1]["val_acc"] == pytest.approx(accuracy(student, tok, prompt, *args))
+    # Epoch k's prompt was saved and transferred as its own artifact; the teacher's held-out
+    # accuracy with the transfer's output is the row's post_val_acc.
+    teacher, t_tok, _ = load_model(str(root / "teacher"), device="cpu")
+    for row in rows:
+        k = row["epochs"]
+        kept = load_prompt(tmp_path / f"select_epochs_{k}", student, tok)
+        assert kept[1]["epochs_run"] == k
+        assert row["val_acc"] == pytest.approx(accuracy(student, tok, kept[0], *args))
+        post_meta = read_metadata(tmp_path / f"select_post_{k}")
+        assert post_meta["student_prompt"] == str(tmp_path / f"select_epochs_{k}")
+        post = load_prompt(tmp_path / f"select_post_{k}", teacher, t_tok)[0]
+        assert row["post_val_acc"] == pytest.approx(accuracy(teacher, t_tok, post, *args))
+        assert row["naive_val_acc"] == pytest.approx(accuracy(teacher, t_tok, kept[0], *args))
+    assert torch.equal(kept[0], prompt)  # the last epoch's is the run's own prompt
     with pytest.raises(SystemExit):
         main(["--quick", "--teacher", str(root / "teacher"), "--epoch-select", "-1"])
+
+
+def test_epochs_flag_sets_the_student_and_full_tuning_epochs_only(world, tmp_path):
+    root = world["root"]
+    result = quick_bench(root, tmp_path, "--epochs", "2")
+    student = read_metadata(tmp_path / "student_prompt")
+    full = read_metadata(tmp_path / "full_prompt")
+    dp = read_metadata(tmp_path / "student_prompt_dp")
+    # 40 training examples in batches of 8: 5 steps an epoch.
+    assert student["steps"] == full["steps"] == 10
+    assert student["config"]["epochs"] == full["config"]["epochs"] == 2
+    assert dp["config"]["epochs"] == 1  # DP tuning keeps its own setting
+    assert result["settings"]["tune"]["epochs"] == 2
+    assert result["post_time_fraction"] == pytest.approx(
+        (result["seconds_student_tuning"] + result["seconds_transfer"])
+        / result["seconds_full_tuning"]
+    )
