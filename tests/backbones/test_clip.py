@@ -62,6 +62,7 @@ def test_interface(bb, clip_dir):
     assert bb.ctx_dim == 32 and bb.feature_dim == 24
     assert bb.logit_scale == pytest.approx(bb.model.logit_scale.exp().item())
     assert all(not p.requires_grad for p in bb.parameters())
+    assert bb.model.use_kernels is False  # no compiled layers fetched from the Hub
 
 
 def test_insertion_equals_get_text_features(bb):

@@ -36,6 +36,8 @@ def test_interface(bb):
     assert all(not p.requires_grad for p in bb.parameters())
     bb.train()
     assert not any(m.training for m in bb.modules())
+    # No compiled layers fetched from the Hub (transformers 5 turns them on by default).
+    assert bb.text_tower.use_kernels is False
 
 
 def test_encode_images_shape_and_norm(bb):

@@ -697,3 +697,11 @@ def test_epochs_flag_sets_the_student_and_full_tuning_epochs_only(world, tmp_pat
         (result["seconds_student_tuning"] + result["seconds_transfer"])
         / result["seconds_full_tuning"]
     )
+
+
+def test_models_are_loaded_without_hub_kernels(world):
+    """transformers 5 defaults to layers fetched from the Hub on CUDA; load_model turns them off."""
+    teacher, _, _ = load_model(str(world["root"] / "teacher"), device="cpu")
+    assert teacher.use_kernels is False
+    teacher.train()  # a mode switch is where transformers would fetch and swap in the kernels
+    assert teacher.use_kernels is False
