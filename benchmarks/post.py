@@ -275,8 +275,9 @@ def epoch_select(
     the prompt after epoch k is the prompt of a k-epoch run (``run_tune``'s ``on_epoch``). Each
     epoch's prompt is scored three ways on the held-out examples: on the student
     (``val_acc``), copied to the teacher as it is (``naive_val_acc``) and transferred to the
-    teacher with the full run's transfer settings (``post_val_acc``). The choice is the epoch
-    count with the best transferred accuracy, the fewest on ties: what the data owner ends up
+    teacher with the full run's transfer settings (``post_val_acc``; the mean of
+    ``--transfer-seeds`` transfers, each from its own draw of public texts). The choice is the
+    epoch count with the best transferred accuracy, the fewest on ties: what the data owner ends up
     using is the teacher with the transferred prompt, and the student fitting its task better
     does not make that prompt better (README, "Epochs").
     """
@@ -313,16 +314,26 @@ def epoch_select(
         # same code path (and checks) as the full run's.
         folder = work / f"select_epochs_{k}"
         save_prompt(folder, prompts[k], student, tok, student_id, {**meta, "epochs_run": k})
-        post_meta, post_prompt = run_transfer(
-            transfer_config(args, student_dir, folder, work / f"select_post_{k}", sizes, common),
-            teacher=teacher,
-            tok=tok,
-            model_id=teacher_id,
-            student=student,
-            quiet=True,
-        )
         row["naive_val_acc"] = held_acc(teacher, prompts[k].to(teacher.device))
-        row["post_val_acc"] = held_acc(teacher, post_prompt)
+        # The transfer seed picks the public texts and their order; with --transfer-seeds K
+        # the row's post_val_acc is the mean over K transfers, so one lucky draw of public
+        # texts does not decide the epochs.
+        accs = []
+        for i in range(args.transfer_seeds):
+            out = work / (f"select_post_{k}" + (f"_seed{i}" if i else ""))
+            seeded = {**common, "seed": common["seed"] + i}
+            _, post_prompt = run_transfer(
+                transfer_config(args, student_dir, folder, out, sizes, seeded),
+                teacher=teacher,
+                tok=tok,
+                model_id=teacher_id,
+                student=student,
+                quiet=True,
+            )
+            accs.append(held_acc(teacher, post_prompt))
+        row["post_val_acc"] = sum(accs) / len(accs)
+        if len(accs) > 1:
+            row["post_val_accs"] = accs
         row["seconds_elapsed"] = time.perf_counter() - start
         print(json.dumps(row), file=sys.stderr, flush=True)
     best = max(rows, key=lambda r: (r["post_val_acc"], -r["epochs"]))
@@ -397,6 +408,12 @@ def main(argv: list[str] | None = None) -> dict:
         " held-out training examples after each of N epochs instead of the full run",
     )
     parser.add_argument(
+        "--transfer-seeds",
+        type=int,
+        default=1,
+        help="with --epoch-select: transfers per epoch (seeds SEED..SEED+K-1), scored by their mean",
+    )
+    parser.add_argument(
         "--epochs",
         type=int,
         default=0,
@@ -426,6 +443,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--select-val must be in 1..{sizes['tune']['train_size'] - 1}")
     if args.epoch_select < 0:
         parser.error(f"--epoch-select must be >= 0, got {args.epoch_select}")
+    if args.transfer_seeds < 1:
+        parser.error(f"--transfer-seeds must be >= 1, got {args.transfer_seeds}")
     if args.epochs < 0:
         parser.error(f"--epochs must be >= 0, got {args.epochs}")
     if args.epochs:

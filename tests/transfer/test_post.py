@@ -705,3 +705,26 @@ def test_models_are_loaded_without_hub_kernels(world):
     assert teacher.use_kernels is False
     teacher.train()  # a mode switch is where transformers would fetch and swap in the kernels
     assert teacher.use_kernels is False
+
+
+def test_transfer_seeds_average_transfers_from_different_public_draws(world, tmp_path):
+    root = world["root"]
+    flags = ("--epoch-select", "1", "--select-val", "10", "--transfer-seeds", "2")
+    (row,) = quick_bench(root, tmp_path, *flags)["epoch_select"]
+    assert len(row["post_val_accs"]) == 2
+    assert row["post_val_acc"] == pytest.approx(sum(row["post_val_accs"]) / 2)
+    first = read_metadata(tmp_path / "select_post_1")
+    second = read_metadata(tmp_path / "select_post_1_seed1")
+    assert (first["seed"], second["seed"]) == (0, 1)
+    assert first["student_prompt"] == second["student_prompt"]
+    # Each figure is the teacher's held-out accuracy with that seed's transferred prompt.
+    teacher, tok, _ = load_model(str(root / "teacher"), device="cpu")
+    held = split_task(load_task(str(root / "task")), 30, 40, 0)[1]
+    ids = [tok(" " + w, add_special_tokens=False).input_ids[0] for w in first["label_words"]]
+    folders = ("select_post_1", "select_post_1_seed1")
+    for folder, acc in zip(folders, row["post_val_accs"], strict=True):
+        prompt = load_prompt(tmp_path / folder, teacher, tok)[0]
+        args = (held.texts[30:], held.labels[30:], first["template"], ids, 24, 32)
+        assert acc == pytest.approx(accuracy(teacher, tok, prompt, *args))
+    with pytest.raises(SystemExit):
+        quick_bench(root, tmp_path, "--epoch-select", "1", "--transfer-seeds", "0")
