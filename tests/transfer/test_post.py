@@ -722,9 +722,14 @@ def test_transfer_seeds_average_transfers_from_different_public_draws(world, tmp
     held = split_task(load_task(str(root / "task")), 30, 40, 0)[1]
     ids = [tok(" " + w, add_special_tokens=False).input_ids[0] for w in first["label_words"]]
     folders = ("select_post_1", "select_post_1_seed1")
-    for folder, acc in zip(folders, row["post_val_accs"], strict=True):
-        prompt = load_prompt(tmp_path / folder, teacher, tok)[0]
-        args = (held.texts[30:], held.labels[30:], first["template"], ids, 24, 32)
+    args = (held.texts[30:], held.labels[30:], first["template"], ids, 24, 32)
+    prompts = [load_prompt(tmp_path / folder, teacher, tok)[0] for folder in folders]
+    assert not torch.equal(*prompts)
+    for prompt, acc in zip(prompts, row["post_val_accs"], strict=True):
         assert acc == pytest.approx(accuracy(teacher, tok, prompt, *args))
+    mean_prompt = (prompts[0] + prompts[1]) / 2
+    assert row["post_mean_prompt_val_acc"] == pytest.approx(
+        accuracy(teacher, tok, mean_prompt, *args)
+    )
     with pytest.raises(SystemExit):
         quick_bench(root, tmp_path, "--epoch-select", "1", "--transfer-seeds", "0")
