@@ -75,6 +75,7 @@ FULL = {
         "steps": 30,
         "batch_size": 8,
         "max_text_tokens": 32,
+        "alpha": 0.5,
     },
     # DP tuning takes expected batches of 64 over 8 epochs (240 steps): at ε=8 the noise on each
     # averaged step (σ/B) is then 0.38 times batch 16's over one epoch. Chosen before the test
@@ -101,6 +102,7 @@ QUICK = {
         "steps": 3,
         "batch_size": 8,
         "max_text_tokens": 24,
+        "alpha": 0.5,
     },
     "tune_dp": {"batch_size": 8, "epochs": 1},
 }
@@ -259,18 +261,7 @@ def dp_select(
     }
 
 
-def epoch_select(
-    args,
-    student,
-    tok,
-    student_dir: str,
-    student_id: str,
-    teacher,
-    teacher_id,
-    common,
-    sizes,
-    work: Path,
-) -> dict:
+def epoch_select(args, models: dict, student_id: str, common, sizes, work: Path) -> dict:
     """Held-out accuracy after each of ``--epoch-select`` epochs of the student's (non-DP) prompt.
 
     One tuning run on the training part minus the held-out examples (:func:`heldout_split`);
@@ -285,7 +276,7 @@ def epoch_select(
     """
     fit, held = heldout_split(args, sizes)
     cfg = TuneConfig(
-        model=student_dir,
+        model=models["student_dir"],
         out=str(work / "select_epochs"),
         task=args.task,
         **{**fit, "epochs": args.epoch_select},
@@ -298,6 +289,7 @@ def epoch_select(
     words = cfg.label_word_list(load_task(args.task).label_names)
     reading = {"template": cfg.resolved_template(), "label_words": words}
     start = time.perf_counter()
+    teacher, tok, student = models["teacher"], models["tok"], models["student"]
 
     def held_acc(model, prompt) -> float:
         return task_accuracy(model, tok, prompt, *held, reading, cfg.max_text_tokens)
@@ -320,27 +312,11 @@ def epoch_select(
         # The transfer seed picks the public texts and their order; with --transfer-seeds K
         # the row's post_val_acc is the mean over K transfers, so one lucky draw of public
         # texts does not decide the epochs.
-        accs, transferred = [], []
-        for i in range(args.transfer_seeds):
-            out = work / (f"select_post_{k}" + (f"_seed{i}" if i else ""))
-            seeded = {**common, "seed": common["seed"] + i}
-            _, post_prompt = run_transfer(
-                transfer_config(args, student_dir, folder, out, sizes, seeded),
-                teacher=teacher,
-                tok=tok,
-                model_id=teacher_id,
-                student=student,
-                quiet=True,
+        row.update(
+            seeded_transfers(
+                args, folder, work / f"select_post_{k}", sizes, common, models, held_acc
             )
-            accs.append(held_acc(teacher, post_prompt))
-            transferred.append(post_prompt)
-        row["post_val_acc"] = sum(accs) / len(accs)
-        if len(accs) > 1:
-            row["post_val_accs"] = accs
-            # The K transfers start from the same prompt; their mean is one candidate remedy
-            # for the spread between draws, scored beside them (it does not enter the choice).
-            mean_prompt = torch.stack(transferred).mean(0)
-            row["post_mean_prompt_val_acc"] = held_acc(teacher, mean_prompt)
+        )
         row["seconds_elapsed"] = time.perf_counter() - start
         print(json.dumps(row), file=sys.stderr, flush=True)
     best = max(rows, key=lambda r: (r["post_val_acc"], -r["epochs"]))
@@ -353,6 +329,91 @@ def epoch_select(
         "steps_per_epoch": meta["steps"] // args.epoch_select,
         "seconds_tuning": meta["seconds"],
     }
+
+
+def alpha_select(args, models: dict, student_id: str, common, sizes, work: Path) -> dict:
+    """Held-out accuracy of the teacher with the student prompt transferred at several α.
+
+    POST picks the shift term's weight α per task; this scores each candidate the way
+    ``--epoch-select`` scores epochs: the student's non-DP prompt is tuned once with the full
+    run's settings on the training part minus the held-out examples (:func:`heldout_split`),
+    transferred at each α (the mean of ``--transfer-seeds`` transfers) and the teacher with the
+    result is scored on the held-out examples. The choice is the best mean; on a tie, the
+    candidate nearest the full run's α, then the smaller one.
+    """
+    fit, held = heldout_split(args, sizes)
+    folder = work / "select_alpha_student"
+    cfg = TuneConfig(model=models["student_dir"], out=str(folder), task=args.task, **fit, **common)
+    if args.reuse and (folder / "metadata.json").exists():
+        prompt, meta = load_prompt(folder, models["student"], models["tok"])
+    else:
+        meta, prompt = run_tune(
+            cfg, model=models["student"], tok=models["tok"], model_id=student_id
+        )
+
+    def held_acc(model, p) -> float:
+        return task_accuracy(model, models["tok"], p, *held, meta, cfg.max_text_tokens)
+
+    teacher = models["teacher"]
+    result = {
+        "task": args.task,
+        "fit_size": fit["train_size"],
+        "val_size": args.select_val,
+        "epochs": fit["epochs"],
+        "student_val_acc": held_acc(models["student"], prompt),
+        "naive_val_acc": held_acc(teacher, prompt.to(teacher.device)),
+    }
+    print(json.dumps(result), file=sys.stderr, flush=True)
+    rows = []
+    for spec in args.alpha_select.split(";"):
+        alpha = float(spec)
+        at = {**sizes, "transfer": {**sizes["transfer"], "alpha": alpha}}
+        out = work / f"select_alpha_{spec}"
+        row = {"alpha": alpha, **seeded_transfers(args, folder, out, at, common, models, held_acc)}
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
+    current = sizes["transfer"]["alpha"]
+    best = max(rows, key=lambda r: (r["post_val_acc"], -abs(r["alpha"] - current), -r["alpha"]))
+    return {**result, "alpha_select": rows, "chosen_alpha": best["alpha"]}
+
+
+def seeded_transfers(
+    args, prompt_dir: Path, out: Path, sizes: dict, common: dict, models: dict, held_acc
+) -> dict:
+    """Transfer one student prompt ``--transfer-seeds`` times and score each on held-out data.
+
+    The transfer seed picks the public texts and their order, so the mean over K seeds (SEED..
+    SEED+K-1; outputs in ``out``, ``out_seed1``, ...) keeps one lucky draw from deciding a
+    choice. Returns ``post_val_acc`` (the mean) and, for K > 1, ``post_val_accs`` and
+    ``post_mean_prompt_val_acc`` (the teacher with the mean of the K prompts: one candidate remedy
+    for the spread between draws, reported beside them, never used for a choice).
+    """
+    teacher = models["teacher"]
+    accs, transferred = [], []
+    for i in range(args.transfer_seeds):
+        seeded = {**common, "seed": common["seed"] + i}
+        _, prompt = run_transfer(
+            transfer_config(
+                args,
+                models["student_dir"],
+                prompt_dir,
+                out.with_name(out.name + (f"_seed{i}" if i else "")),
+                sizes,
+                seeded,
+            ),
+            teacher=teacher,
+            tok=models["tok"],
+            model_id=models["model_id"],
+            student=models["student"],
+            quiet=True,
+        )
+        accs.append(held_acc(teacher, prompt))
+        transferred.append(prompt)
+    row: dict = {"post_val_acc": sum(accs) / len(accs)}
+    if len(accs) > 1:
+        row["post_val_accs"] = accs
+        row["post_mean_prompt_val_acc"] = held_acc(teacher, torch.stack(transferred).mean(0))
+    return row
 
 
 def transfer_config(
@@ -427,6 +488,18 @@ def main(argv: list[str] | None = None) -> dict:
         help="epochs of the student's and the full prompt tuning (0: the full run's setting)",
     )
     parser.add_argument(
+        "--alpha-select",
+        default="",
+        help="'A;B;...': score the transfer's shift weight alpha by the teacher's held-out accuracy"
+        " with the student prompt transferred at each, instead of the full run",
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="shift weight alpha of the full run's transfers (default: the full run's setting)",
+    )
+    parser.add_argument(
         "--select-val",
         type=int,
         default=375,
@@ -445,7 +518,7 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = json.loads(json.dumps(QUICK if args.quick else FULL))
     if not args.quick:
         sizes["tune"]["train_size"] = args.train_size or TRAIN_SIZE.get(args.task, 1000)
-    selecting = args.dp_select or args.epoch_select
+    selecting = args.dp_select or args.epoch_select or args.alpha_select
     if selecting and not 0 < args.select_val < sizes["tune"]["train_size"]:
         parser.error(f"--select-val must be in 1..{sizes['tune']['train_size'] - 1}")
     if args.epoch_select < 0:
@@ -456,6 +529,17 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--epochs must be >= 0, got {args.epochs}")
     if args.epochs:
         sizes["tune"]["epochs"] = args.epochs
+    for spec in filter(None, args.alpha_select.split(";")):
+        try:
+            ok = 0 <= float(spec) <= 1
+        except ValueError:
+            ok = False
+        if not ok:
+            parser.error(f"--alpha-select: each alpha must be a number in [0, 1], got {spec!r}")
+    if args.alpha is not None:
+        if not 0 <= args.alpha <= 1:
+            parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
+        sizes["transfer"]["alpha"] = args.alpha
     work = Path(args.workdir or tempfile.mkdtemp(prefix="post-bench-"))
     cache_root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     common = {
@@ -503,10 +587,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.dp_select:
         result = dp_select(args, student, tok, student_dir, student_id, common, sizes, work)
         return _emit(result, args.out)
+    models = {
+        "teacher": teacher,
+        "tok": tok,
+        "model_id": teacher_id,
+        "student": student,
+        "student_dir": student_dir,
+    }
+    if args.alpha_select:
+        result = alpha_select(args, models, student_id, common, sizes, work)
+        return _emit(result, args.out)
     if args.epoch_select:
-        result = epoch_select(
-            args, student, tok, student_dir, student_id, teacher, teacher_id, common, sizes, work
-        )
+        result = epoch_select(args, models, student_id, common, sizes, work)
         return _emit(result, args.out)
 
     def tune(model, model_id, out, **kw):

@@ -733,3 +733,49 @@ def test_transfer_seeds_average_transfers_from_different_public_draws(world, tmp
     )
     with pytest.raises(SystemExit):
         quick_bench(root, tmp_path, "--epoch-select", "1", "--transfer-seeds", "0")
+
+
+def test_alpha_select_scores_each_shift_weight_on_held_out_examples(world, tmp_path):
+    root = world["root"]
+    flags = ("--alpha-select", "0;1", "--select-val", "10", "--transfer-seeds", "2")
+    result = quick_bench(root, tmp_path, *flags)
+    rows = result["alpha_select"]
+    assert [r["alpha"] for r in rows] == [0.0, 1.0]
+    assert result["fit_size"] == 30 and result["val_size"] == 10
+    # The student prompt is tuned once with the full run's settings, past the held-out examples.
+    meta = read_metadata(tmp_path / "select_alpha_student")
+    assert meta["train_size"] == 30 and meta["test_size"] == 40 and not meta["dp"]
+    assert meta["config"]["epochs"] == result["epochs"] == 1
+    teacher, tok, _ = load_model(str(root / "teacher"), device="cpu")
+    held = split_task(load_task(str(root / "task")), 30, 40, 0)[1]
+    ids = [tok(" " + w, add_special_tokens=False).input_ids[0] for w in meta["label_words"]]
+    args = (held.texts[30:], held.labels[30:], meta["template"], ids, 24, 32)
+    for row in rows:
+        stem = f"select_alpha_{row['alpha']:g}"
+        for folder, acc in zip((stem, stem + "_seed1"), row["post_val_accs"], strict=True):
+            post = read_metadata(tmp_path / folder)
+            # Transferred from that prompt with that alpha; scored as the teacher with it.
+            assert post["config"]["alpha"] == row["alpha"]
+            assert post["student_prompt"] == str(tmp_path / "select_alpha_student")
+            prompt = load_prompt(tmp_path / folder, teacher, tok)[0]
+            assert acc == pytest.approx(accuracy(teacher, tok, prompt, *args))
+        assert row["post_val_acc"] == pytest.approx(sum(row["post_val_accs"]) / 2)
+    # The best mean wins; on a tie the one nearest the full run's 0.5, then the smaller.
+    if rows[0]["post_val_acc"] == rows[1]["post_val_acc"]:
+        assert result["chosen_alpha"] == 0.0
+    else:
+        assert result["chosen_alpha"] == max(rows, key=lambda r: r["post_val_acc"])["alpha"]
+    with pytest.raises(SystemExit):
+        quick_bench(root, tmp_path, "--alpha-select", "0;1.5")
+    with pytest.raises(SystemExit):
+        quick_bench(root, tmp_path, "--alpha-select", "half")
+
+
+def test_alpha_flag_sets_the_full_runs_transfer_alpha(world, tmp_path):
+    root = world["root"]
+    result = quick_bench(root, tmp_path, "--alpha", "0.75")
+    for folder in ("post_prompt", "post_full_vocab_prompt", "post_dp_prompt"):
+        assert read_metadata(tmp_path / folder)["config"]["alpha"] == 0.75
+    assert result["settings"]["transfer"]["alpha"] == 0.75
+    with pytest.raises(SystemExit):
+        quick_bench(root, tmp_path, "--alpha", "-0.1")
