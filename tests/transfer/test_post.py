@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -779,3 +780,19 @@ def test_alpha_flag_sets_the_full_runs_transfer_alpha(world, tmp_path):
     assert result["settings"]["transfer"]["alpha"] == 0.75
     with pytest.raises(SystemExit):
         quick_bench(root, tmp_path, "--alpha", "-0.1")
+
+
+def test_full_run_takes_each_tasks_alpha_unless_overridden():
+    from benchmarks.post import ALPHA, FULL, run_sizes
+
+    def sizes(**kw):
+        flags = {"quick": False, "task": "bbc", "train_size": 0, "epochs": 0, "alpha": None}
+        return run_sizes(argparse.Namespace(**{**flags, **kw}))
+
+    assert sizes(task="spam")["transfer"]["alpha"] == ALPHA["spam"] != ALPHA["bbc"]
+    assert sizes()["transfer"]["alpha"] == ALPHA["bbc"]
+    # A task folder has no selected alpha: the full run's own.
+    assert sizes(task="/data/mytask")["transfer"]["alpha"] == FULL["transfer"]["alpha"]
+    assert sizes(task="spam", alpha=0.75)["transfer"]["alpha"] == 0.75
+    assert sizes(task="spam", epochs=3)["tune"]["epochs"] == 3
+    assert FULL["transfer"]["alpha"] == 0.5  # the table is copied, not changed
