@@ -796,3 +796,13 @@ def test_full_run_takes_each_tasks_alpha_unless_overridden():
     assert sizes(task="spam", alpha=0.75)["transfer"]["alpha"] == 0.75
     assert sizes(task="spam", epochs=3)["tune"]["epochs"] == 3
     assert FULL["transfer"]["alpha"] == 0.5  # the table is copied, not changed
+
+
+def test_accuracy_is_exact_so_a_target_at_a_round_figure_is_read_right(monkeypatch):
+    from prompts.transfer import evaluate
+
+    labels = [0] * 250
+    preds = torch.tensor([0] * 175 + [1] * 75)  # 175 of 250: exactly 70%
+    monkeypatch.setattr(evaluate, "predict", lambda *a, **k: preds)
+    acc = evaluate.accuracy(None, None, None, [""] * 250, labels, "{text}", [0, 1], 8, 16)
+    assert acc == 0.7 and acc >= 0.70
