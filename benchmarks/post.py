@@ -502,7 +502,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--transfer-seeds",
         type=int,
         default=1,
-        help="with --epoch-select: transfers per epoch (seeds SEED..SEED+K-1), scored by their mean",
+        help="with --epoch-select or --alpha-select: transfers per candidate (seeds SEED..SEED+K-1),"
+        " scored by their mean",
     )
     parser.add_argument(
         "--epochs",
@@ -520,7 +521,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--alpha",
         type=float,
         default=None,
-        help="shift weight alpha of the full run's transfers (default: the full run's setting)",
+        help="shift weight alpha of the full run's transfers (default: the task's, 0.5 for a folder)",
     )
     parser.add_argument(
         "--select-val",
