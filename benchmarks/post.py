@@ -222,9 +222,7 @@ def heldout_split(args, sizes) -> tuple[dict, tuple[list, list]]:
     return fit, (val.texts[n_test:], val.labels[n_test:])
 
 
-def dp_select(
-    args, student, tok, student_dir: str, student_id: str, common, sizes, work: Path
-) -> dict:
+def dp_select(args, models: dict, common, sizes, work: Path) -> dict:
     """Student accuracy with DP prompts of several batch/epoch settings, on held-out training data.
 
     The first ``--select-val`` training examples (past the test split, class-balanced) are held
@@ -233,6 +231,7 @@ def dp_select(
     """
     n_train = sizes["tune"]["train_size"]
     fit, held = heldout_split(args, sizes)
+    student, tok = models["student"], models["tok"]
     rows = []
     for spec in args.dp_select.split(";"):
         batch, _, epochs = spec.partition("/")
@@ -240,14 +239,14 @@ def dp_select(
         kw = {"batch_size": int(batch), "epochs": int(epochs)} if dp else {}
         dp_kw = {"dp_epsilon": args.dp_epsilon, "dp_delta": 0.1 / n_train} if dp else {}
         cfg = TuneConfig(
-            model=student_dir,
+            model=models["student_dir"],
             out=str(work / f"select_{spec.replace('/', 'x')}"),
             task=args.task,
             **{**fit, **kw},
             **dp_kw,
             **common,
         )
-        meta, prompt = run_tune(cfg, model=student, tok=tok, model_id=student_id)
+        meta, prompt = run_tune(cfg, model=student, tok=tok, model_id=models["student_id"])
         row = {
             "setting": spec,
             "val_acc": task_accuracy(student, tok, prompt, *held, meta, cfg.max_text_tokens),
@@ -267,7 +266,7 @@ def dp_select(
     }
 
 
-def epoch_select(args, models: dict, student_id: str, common, sizes, work: Path) -> dict:
+def epoch_select(args, models: dict, common, sizes, work: Path) -> dict:
     """Held-out accuracy after each of ``--epoch-select`` epochs of the student's (non-DP) prompt.
 
     One tuning run on the training part minus the held-out examples (:func:`heldout_split`);
@@ -296,6 +295,7 @@ def epoch_select(args, models: dict, student_id: str, common, sizes, work: Path)
     reading = {"template": cfg.resolved_template(), "label_words": words}
     start = time.perf_counter()
     teacher, tok, student = models["teacher"], models["tok"], models["student"]
+    student_id = models["student_id"]
 
     def held_acc(model, prompt) -> float:
         return task_accuracy(model, tok, prompt, *held, reading, cfg.max_text_tokens)
@@ -337,7 +337,7 @@ def epoch_select(args, models: dict, student_id: str, common, sizes, work: Path)
     }
 
 
-def alpha_select(args, models: dict, student_id: str, common, sizes, work: Path) -> dict:
+def alpha_select(args, models: dict, common, sizes, work: Path) -> dict:
     """Held-out accuracy of the teacher with the student prompt transferred at several α.
 
     POST picks the shift term's weight α per task; this scores each candidate the way
@@ -354,7 +354,7 @@ def alpha_select(args, models: dict, student_id: str, common, sizes, work: Path)
         prompt, meta = load_prompt(folder, models["student"], models["tok"])
     else:
         meta, prompt = run_tune(
-            cfg, model=models["student"], tok=models["tok"], model_id=student_id
+            cfg, model=models["student"], tok=models["tok"], model_id=models["student_id"]
         )
 
     def held_acc(model, p) -> float:
@@ -602,22 +602,20 @@ def main(argv: list[str] | None = None) -> dict:
         )
     student_dir = d_sum["config"]["out"]
     student_id = d_sum["model_id"]
-    if args.dp_select:
-        result = dp_select(args, student, tok, student_dir, student_id, common, sizes, work)
-        return _emit(result, args.out)
     models = {
         "teacher": teacher,
         "tok": tok,
         "model_id": teacher_id,
         "student": student,
         "student_dir": student_dir,
+        "student_id": student_id,
     }
+    if args.dp_select:
+        return _emit(dp_select(args, models, common, sizes, work), args.out)
     if args.alpha_select:
-        result = alpha_select(args, models, student_id, common, sizes, work)
-        return _emit(result, args.out)
+        return _emit(alpha_select(args, models, common, sizes, work), args.out)
     if args.epoch_select:
-        result = epoch_select(args, models, student_id, common, sizes, work)
-        return _emit(result, args.out)
+        return _emit(epoch_select(args, models, common, sizes, work), args.out)
 
     def tune(model, model_id, out, **kw):
         if args.reuse and (work / out / "metadata.json").exists():
