@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from prompts.transfer.averaging import SuffixAverages
 from prompts.transfer.common import default_cache_dir, load_model, read_metadata
 from prompts.transfer.config import (
     DEFAULT_LAYERS,
@@ -68,6 +69,7 @@ FULL = {
         "batch_size": 16,
         "prompt_length": 8,
         "max_text_tokens": 32,
+        "tail_average": 0.0,
     },
     "transfer": {
         "num_texts": 64,
@@ -350,12 +352,7 @@ def alpha_select(args, models: dict, common, sizes, work: Path) -> dict:
     fit, held = heldout_split(args, sizes)
     folder = work / "select_alpha_student"
     cfg = TuneConfig(model=models["student_dir"], out=str(folder), task=args.task, **fit, **common)
-    if args.reuse and (folder / "metadata.json").exists():
-        prompt, meta = load_prompt(folder, models["student"], models["tok"])
-    else:
-        meta, prompt = run_tune(
-            cfg, model=models["student"], tok=models["tok"], model_id=models["student_id"]
-        )
+    meta, prompt = student_prompt(args, cfg, models)
 
     def held_acc(model, p) -> float:
         return task_accuracy(model, models["tok"], p, *held, meta, cfg.max_text_tokens)
@@ -381,6 +378,105 @@ def alpha_select(args, models: dict, common, sizes, work: Path) -> dict:
     current = sizes["transfer"]["alpha"]
     best = max(rows, key=lambda r: (r["post_val_acc"], -abs(r["alpha"] - current), -r["alpha"]))
     return {**result, "alpha_select": rows, "chosen_alpha": best["alpha"]}
+
+
+def average_select(args, models: dict, common, sizes, work: Path) -> dict:
+    """Held-out accuracy of student prompts saved with several tail averages, over tuning seeds.
+
+    For each tuning seed SEED..SEED+K-1 (``--tune-seeds K``; the seed orders the examples, and
+    under DP draws the batches and the noise), the student's prompt is tuned once with the full
+    run's settings (``--average-dp``: its DP settings) on the training part minus the held-out
+    examples (:func:`heldout_split`), keeping every iterate; each fraction of
+    ``--average-select`` then averages the last iterates of that one run (``tail_average``; 0
+    is the last prompt), and the result is scored on the held-out examples three ways, as
+    ``--epoch-select`` does: on the student, copied to the teacher, and transferred (the mean
+    of ``--transfer-seeds`` transfers). A candidate's figures are means over the tuning seeds,
+    since what averaging is meant to tame is the spread between them; the choice is the best
+    mean transferred accuracy, the smaller fraction on ties.
+    """
+    fit, held = heldout_split(args, sizes)
+    teacher, tok, student = models["teacher"], models["tok"], models["student"]
+    fractions = [float(spec) for spec in args.average_select.split(";")]
+    dp = {}
+    if args.average_dp:
+        n_train = sizes["tune"]["train_size"]
+        dp = {**sizes["tune_dp"], "dp_epsilon": args.dp_epsilon, "dp_delta": 0.1 / n_train}
+    name = "select_average_dp" if dp else "select_average"
+    per_fraction: dict[float, list[dict]] = {f: [] for f in fractions}
+    for i in range(args.tune_seeds):
+        seed = common["seed"] + i
+        iterates: list[torch.Tensor] = []
+        cfg = TuneConfig(
+            model=models["student_dir"],
+            out=str(work / f"{name}_tune{seed}"),
+            task=args.task,
+            **{**fit, **dp, "tail_average": 0.0},
+            **{**common, "seed": seed},
+        )
+        meta, _ = run_tune(
+            cfg,
+            model=student,
+            tok=tok,
+            model_id=models["student_id"],
+            on_step=lambda step, p, kept=iterates: kept.append(p.clone()),
+        )
+
+        def held_acc(model, p, meta=meta) -> float:
+            return task_accuracy(model, tok, p, *held, meta, meta["max_text_tokens"])
+
+        for fraction in fractions:
+            averages = SuffixAverages(fraction, len(iterates), 1)
+            for step, p in enumerate(iterates, start=1):
+                averages.update(step, p)
+            prompt = averages.mean(1)
+            # Saved as an artifact of its own, so the transfer reads it like any other prompt.
+            folder = work / f"{name}_{fraction:g}_tune{seed}"
+            save_prompt(
+                folder,
+                prompt,
+                student,
+                tok,
+                models["student_id"],
+                {
+                    **meta,
+                    "config": {**meta["config"], "tail_average": fraction},
+                },
+            )
+            one = {
+                "tune_seed": seed,
+                "student_val_acc": held_acc(student, prompt),
+                "naive_val_acc": held_acc(teacher, prompt.to(teacher.device)),
+                **seeded_transfers(
+                    args, folder, work / f"{folder.name}_post", sizes, common, models, held_acc
+                ),
+            }
+            print(json.dumps({"tail_average": fraction, **one}), file=sys.stderr, flush=True)
+            per_fraction[fraction].append(one)
+    rows = []
+    for fraction, seeds in per_fraction.items():
+        keys = ("student_val_acc", "naive_val_acc", "post_val_acc")
+        row = {"tail_average": fraction, **{k: sum(r[k] for r in seeds) / len(seeds) for k in keys}}
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append({**row, "tune_seeds": seeds})
+    best = max(rows, key=lambda r: (r["post_val_acc"], -r["tail_average"]))
+    return {
+        "average_select": rows,
+        "chosen_tail_average": best["tail_average"],
+        "dp": bool(dp),
+        "task": args.task,
+        "fit_size": fit["train_size"],
+        "val_size": args.select_val,
+        "epochs": cfg.epochs,
+    }
+
+
+def student_prompt(args, cfg: TuneConfig, models: dict) -> tuple[dict, torch.Tensor]:
+    """Tune the student's prompt with ``cfg``, or with ``--reuse`` load the one already there."""
+    folder = Path(cfg.out)
+    if args.reuse and (folder / "metadata.json").exists():
+        prompt, meta = load_prompt(folder, models["student"], models["tok"])
+        return meta, prompt
+    return run_tune(cfg, model=models["student"], tok=models["tok"], model_id=models["student_id"])
 
 
 def seeded_transfers(
@@ -448,7 +544,8 @@ def run_sizes(args) -> dict:
     """The run's settings from the parsed flags.
 
     ``QUICK`` or ``FULL``; a full run takes the task's training size and α (:data:`ALPHA`), and
-    ``--train-size``, ``--epochs`` and ``--alpha`` override them (``--quick`` keeps its sizes).
+    ``--train-size``, ``--epochs``, ``--alpha`` and ``--tail-average`` override them (``--quick``
+    keeps its sizes).
     """
     sizes = json.loads(json.dumps(QUICK if args.quick else FULL))
     if not args.quick:
@@ -458,6 +555,8 @@ def run_sizes(args) -> dict:
         sizes["tune"]["epochs"] = args.epochs
     if args.alpha is not None:
         sizes["transfer"]["alpha"] = args.alpha
+    if args.tail_average is not None:
+        sizes["tune"]["tail_average"] = args.tail_average
     return sizes
 
 
@@ -524,10 +623,38 @@ def main(argv: list[str] | None = None) -> dict:
         help="shift weight alpha of the full run's transfers (default: the task's, 0.5 for a folder)",
     )
     parser.add_argument(
+        "--average-select",
+        default="",
+        help="'F;G;...': score the tuning's tail average (the fraction of the last steps whose"
+        " prompts are averaged; 0: the last prompt) over --tune-seeds tuning seeds, by the"
+        " teacher's held-out accuracy with the transferred prompt, instead of the full run",
+    )
+    parser.add_argument(
+        "--tune-seeds",
+        type=int,
+        default=1,
+        help="with --average-select: student tunings per candidate (seeds SEED..SEED+K-1, which"
+        " order the examples), scored by their mean",
+    )
+    parser.add_argument(
+        "--average-dp",
+        action="store_true",
+        help="with --average-select: score the full run's DP tuning (its batch, epochs and"
+        " --dp-epsilon) instead of the non-DP one",
+    )
+    parser.add_argument(
+        "--tail-average",
+        type=float,
+        default=None,
+        help="tail average of the full run's prompt tunings, student, DP and teacher alike"
+        " (default: the full run's, 0 = the last step's prompt)",
+    )
+    parser.add_argument(
         "--select-val",
         type=int,
         default=375,
-        help="training examples held out by --dp-select and --epoch-select",
+        help="training examples held out by the selections (--dp-select, --epoch-select,"
+        " --alpha-select, --average-select)",
     )
     parser.add_argument(
         "--reuse",
@@ -547,15 +674,23 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--epochs must be >= 0, got {args.epochs}")
     if args.alpha is not None and not 0 <= args.alpha <= 1:
         parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
-    for spec in filter(None, args.alpha_select.split(";")):
-        try:
-            ok = 0 <= float(spec) <= 1
-        except ValueError:
-            ok = False
-        if not ok:
-            parser.error(f"--alpha-select: each alpha must be a number in [0, 1], got {spec!r}")
+    if args.tail_average is not None and not 0 <= args.tail_average <= 1:
+        parser.error(f"--tail-average must be in [0, 1], got {args.tail_average}")
+    if args.tune_seeds < 1:
+        parser.error(f"--tune-seeds must be >= 1, got {args.tune_seeds}")
+    if (args.tune_seeds > 1 or args.average_dp) and not args.average_select:
+        parser.error("--tune-seeds and --average-dp are read only by --average-select")
+    for flag, what in (("alpha_select", "alpha"), ("average_select", "fraction")):
+        for spec in filter(None, getattr(args, flag).split(";")):
+            try:
+                ok = 0 <= float(spec) <= 1
+            except ValueError:
+                ok = False
+            if not ok:
+                name = "--" + flag.replace("_", "-")
+                parser.error(f"{name}: each {what} must be a number in [0, 1], got {spec!r}")
     sizes = run_sizes(args)
-    selecting = args.dp_select or args.epoch_select or args.alpha_select
+    selecting = args.dp_select or args.epoch_select or args.alpha_select or args.average_select
     if selecting and not 0 < args.select_val < sizes["tune"]["train_size"]:
         parser.error(f"--select-val must be in 1..{sizes['tune']['train_size'] - 1}")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="post-bench-"))
@@ -614,6 +749,8 @@ def main(argv: list[str] | None = None) -> dict:
         return _emit(dp_select(args, models, common, sizes, work), args.out)
     if args.alpha_select:
         return _emit(alpha_select(args, models, common, sizes, work), args.out)
+    if args.average_select:
+        return _emit(average_select(args, models, common, sizes, work), args.out)
     if args.epoch_select:
         return _emit(epoch_select(args, models, common, sizes, work), args.out)
 

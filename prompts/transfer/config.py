@@ -126,6 +126,11 @@ class TuneConfig:
     epochs: int = _opt(2, "passes over the training set")
     batch_size: int = _opt(16, "examples per step (expected batch under DP's Poisson sampling)")
     lr: float = _opt(3e-2, "Adam learning rate of the prompt")
+    tail_average: float = _opt(
+        0.0,
+        "save the mean of the prompts after each of the last FRACTION of the steps (0: the last"
+        " step's prompt; 0.5: Polyak-Ruppert averaging over the second half; free under DP)",
+    )
     dp_epsilon: float | None = _opt(None, "switch to DP-SGD (opacus) with this target epsilon")
     dp_delta: float | None = _opt(None, "DP delta (default 1/N, N = train_size)")
     max_grad_norm: float = _opt(1.0, "per-example clipping norm under DP")
@@ -141,6 +146,8 @@ class TuneConfig:
         _positive(self, "train_size", "max_text_tokens", "prompt_length", "epochs")
         _positive(self, "batch_size", "lr", "max_grad_norm")
         _nonneg(self, "test_size", "data_seed")
+        if not 0 <= self.tail_average <= 1:
+            raise ConfigError(f"tail_average must be in [0, 1], got {self.tail_average}")
         if self.template and "{text}" not in self.template:
             raise ConfigError("template must contain {text}")
         if self.dp_epsilon is not None and self.dp_epsilon <= 0:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch.utils.data import DataLoader, TensorDataset
 
+from .averaging import SuffixAverages
 from .common import Progress, load_model, read_metadata, setup_run
 from .config import TuneConfig
 from .data import encode_templated, label_token_ids, load_task, split_task
@@ -57,6 +58,7 @@ def run_tune(
     model_id: str | None = None,
     quiet=False,
     on_epoch: Callable[[int, torch.Tensor], None] | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ):
     """Tune and save a prompt; returns a summary (accuracy, epsilon, seconds, folder).
 
@@ -71,8 +73,14 @@ def run_tune(
     on_epoch
         Called after each epoch with its number (from 1) and a copy of the prompt. The learning
         rate is constant and the shuffle depends only on the seed, so the prompt after epoch k
-        equals the prompt of a k-epoch run: one run scores every epoch count up to
-        ``cfg.epochs``. Its time is not counted in the summary's ``seconds``.
+        equals the prompt of a k-epoch run (with ``cfg.tail_average``, the mean over that run's
+        last steps): one run scores every epoch count up to ``cfg.epochs``. Its time is not
+        counted in the summary's ``seconds``.
+    on_step
+        Called after each step (counted from 1, empty Poisson batches included) with its number
+        and the prompt as it is then (a detached view: copy what you keep). A caller can average
+        the iterates itself (:class:`~prompts.transfer.averaging.SuffixAverages`) and so score
+        several tail averages of one run.
     """
     from peft.tuners.prompt_tuning import PromptEmbedding
 
@@ -122,28 +130,40 @@ def run_tune(
     steps_per_epoch = len(loader)
     total = steps_per_epoch * cfg.epochs
     progress = Progress("tune-dp" if dp else "tune", total, cfg.log_every, quiet)
+    averages = None
+    if cfg.tail_average > 0:
+        averages = SuffixAverages(cfg.tail_average, steps_per_epoch, cfg.epochs)
+
+    def current(epochs: int) -> torch.Tensor:
+        return averages.mean(epochs) if averages is not None else clf.prompt()
+
     step, history = 0, []
     start = time.perf_counter()
     paused = 0.0
     for epoch in range(1, cfg.epochs + 1):
         for ids, mask, y in loader:
             step += 1
-            if len(y) == 0:  # Poisson sampling can draw an empty batch: nothing to learn
-                continue
-            ids, mask, y = ids.to(device), mask.to(device), y.to(device)
-            loss = F.cross_entropy(module(ids, mask), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            history.append(loss.item())
-            progress.update(step, loss=loss.item())
+            # Poisson sampling can draw an empty batch: nothing to learn, the iterate stays.
+            if len(y) > 0:
+                ids, mask, y = ids.to(device), mask.to(device), y.to(device)
+                loss = F.cross_entropy(module(ids, mask), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                history.append(loss.item())
+                progress.update(step, loss=loss.item())
+            weight = clf.prompt_encoder.embedding.weight.detach()
+            if averages is not None:
+                averages.update(step, weight)
+            if on_step is not None:
+                on_step(step, weight)
         if on_epoch is not None:
             t = time.perf_counter()
-            on_epoch(epoch, clf.prompt())
+            on_epoch(epoch, current(epoch))
             paused += time.perf_counter() - t
     seconds = time.perf_counter() - start - paused
 
-    prompt = clf.prompt()
+    prompt = current(cfg.epochs)
     # A class-balanced prefix of the training set (the split interleaves classes): on the whole
     # of a large set this check would cost a third of the tuning itself on the teacher.
     n_check = min(len(train.texts), TRAIN_ACC_EXAMPLES)

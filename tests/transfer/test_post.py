@@ -231,6 +231,47 @@ def test_prompt_after_epoch_k_is_the_prompt_of_a_k_epoch_run(world, tmp_path):
     assert not torch.equal(seen[1], seen[2]) and meta["steps"] == 3 * 6
 
 
+def test_tail_average_saves_the_mean_of_the_last_iterates_of_each_epoch_count(world, tmp_path):
+    root = world["root"]
+    seen: dict[int, torch.Tensor] = {}
+    iterates = run_tune(
+        tune_cfg(root, out=str(tmp_path / "last"), epochs=3),
+        quiet=True,
+        on_epoch=lambda epoch, prompt: seen.setdefault(epoch, prompt),
+    )[1]
+    averaged: dict[int, torch.Tensor] = {}
+    meta, prompt = run_tune(
+        tune_cfg(root, out=str(tmp_path / "avg"), epochs=3, tail_average=0.5),
+        quiet=True,
+        on_epoch=lambda epoch, p: averaged.setdefault(epoch, p),
+    )
+    student, tok, _ = load_model(str(root / "student"), device="cpu")
+    # What is saved and reported is the average, and it is not the last iterate.
+    assert torch.equal(load_prompt(tmp_path / "avg", student, tok)[0], prompt)
+    assert torch.equal(prompt, averaged[3]) and not torch.equal(prompt, iterates)
+    assert meta["config"]["tail_average"] == 0.5
+    # Epoch count 2 inside a 3-epoch run averages the last half of its own 12 steps, as a
+    # 2-epoch run does; the windows differ, so the epoch-2 and epoch-3 means differ.
+    two = run_tune(
+        tune_cfg(root, out=str(tmp_path / "two"), epochs=2, tail_average=0.5), quiet=True
+    )[1]
+    assert torch.equal(averaged[2], two) and not torch.equal(averaged[2], averaged[3])
+    # The mean lies inside the walk: nearer to the epoch-3 iterate than the start prompt is.
+    start = init_from_text(student, tok, INIT, 4)
+    assert (prompt - seen[3]).norm() < (start - seen[3]).norm()
+
+
+def test_tail_average_under_dp_is_post_processing(world, tmp_path):
+    root = world["root"]
+    kw = dict(dp_epsilon=8.0, epochs=2)
+    plain = run_tune(tune_cfg(root, out=str(tmp_path / "dp"), **kw), quiet=True)
+    avg = run_tune(tune_cfg(root, out=str(tmp_path / "dp_avg"), tail_average=1.0, **kw), quiet=True)
+    # Same noisy steps, same accountant: the same epsilon and noise; only the saved prompt differs.
+    assert avg[0]["epsilon"] == plain[0]["epsilon"]
+    assert avg[0]["noise_multiplier"] == plain[0]["noise_multiplier"]
+    assert not torch.equal(avg[1], plain[1])
+
+
 def test_transfer_lowers_loss_and_raises_heldout_agreement(world):
     root = world["root"]
     summary = run_transfer(
@@ -335,6 +376,8 @@ def test_config_errors_name_the_key(tmp_path):
         TuneConfig(model="m", out="o", dp_epsilon=-1)
     with pytest.raises(ConfigError, match="alpha"):
         TransferConfig(student="s", student_prompt="p", out="o", alpha=1.5)
+    with pytest.raises(ConfigError, match="tail_average"):
+        TuneConfig(model="m", out="o", tail_average=1.2)
     with pytest.raises(ConfigError, match="out is required"):
         TuneConfig(model="m")
     with pytest.raises(ConfigError, match="unknown key 'stepz'"):
@@ -772,6 +815,58 @@ def test_alpha_select_scores_each_shift_weight_on_held_out_examples(world, tmp_p
         quick_bench(root, tmp_path, "--alpha-select", "half")
 
 
+def test_average_select_scores_tail_averages_of_one_run_per_tuning_seed(world, tmp_path):
+    root = world["root"]
+    flags = ("--average-select", "0;1", "--select-val", "10", "--tune-seeds", "2")
+    result = quick_bench(root, tmp_path, *flags)
+    rows = result["average_select"]
+    assert [r["tail_average"] for r in rows] == [0.0, 1.0] and not result["dp"]
+    student, tok, _ = load_model(str(tmp_path / "student"), device="cpu")
+    teacher, t_tok, _ = load_model(str(root / "teacher"), device="cpu")
+    held = split_task(load_task(str(root / "task")), 30, 40, 0)[1]
+    for row in rows:
+        assert [r["tune_seed"] for r in row["tune_seeds"]] == [0, 1]
+        for one in row["tune_seeds"]:
+            seed, stem = one["tune_seed"], f"select_average_{row['tail_average']:g}"
+            # One tuning run per seed, 30 examples past the held-out ones, 4 steps of 8.
+            tuned = read_metadata(tmp_path / f"select_average_tune{seed}")
+            assert tuned["seed"] == seed and tuned["train_size"] == 30 and tuned["steps"] == 4
+            prompt, meta = load_prompt(tmp_path / f"{stem}_tune{seed}", student, tok)
+            assert meta["config"]["tail_average"] == row["tail_average"]
+            ids = [tok(" " + w, add_special_tokens=False).input_ids[0] for w in meta["label_words"]]
+            args = (held.texts[30:], held.labels[30:], meta["template"], ids, 24, 32)
+            assert one["student_val_acc"] == pytest.approx(accuracy(student, tok, prompt, *args))
+            post_meta = read_metadata(tmp_path / f"{stem}_tune{seed}_post")
+            assert post_meta["student_prompt"] == str(tmp_path / f"{stem}_tune{seed}")
+            post = load_prompt(tmp_path / f"{stem}_tune{seed}_post", teacher, t_tok)[0]
+            assert one["post_val_acc"] == pytest.approx(accuracy(teacher, t_tok, post, *args))
+        for key in ("student_val_acc", "naive_val_acc", "post_val_acc"):
+            assert row[key] == pytest.approx(sum(r[key] for r in row["tune_seeds"]) / 2)
+    # Fraction 0 is the run's own last prompt; fraction 1 the mean of its four iterates, which
+    # is another prompt.
+    last = load_prompt(tmp_path / "select_average_tune0", student, tok)[0]
+    assert torch.equal(load_prompt(tmp_path / "select_average_0_tune0", student, tok)[0], last)
+    assert not torch.equal(load_prompt(tmp_path / "select_average_1_tune0", student, tok)[0], last)
+    best = max(r["post_val_acc"] for r in rows)
+    assert result["chosen_tail_average"] == min(
+        r["tail_average"] for r in rows if r["post_val_acc"] == best
+    )
+    flags = ("--average-select", "0.5", "--average-dp", "--select-val", "10")
+    dp = quick_bench(root, tmp_path / "dp", *flags)
+    assert dp["dp"] and read_metadata(tmp_path / "dp" / "select_average_dp_tune0")["dp"]
+    for bad in (("--average-select", "0;2"), ("--tune-seeds", "2"), ("--tail-average", "-1")):
+        with pytest.raises(SystemExit):
+            quick_bench(root, tmp_path, *bad)
+
+
+def test_tail_average_flag_reaches_every_prompt_tuning_of_the_run(world, tmp_path):
+    root = world["root"]
+    result = quick_bench(root, tmp_path, "--tail-average", "0.5")
+    for folder in ("student_prompt", "full_prompt", "student_prompt_dp"):
+        assert read_metadata(tmp_path / folder)["config"]["tail_average"] == 0.5
+    assert result["settings"]["tune"]["tail_average"] == 0.5
+
+
 def test_alpha_flag_sets_the_full_runs_transfer_alpha(world, tmp_path):
     root = world["root"]
     result = quick_bench(root, tmp_path, "--alpha", "0.75")
@@ -786,7 +881,14 @@ def test_full_run_takes_each_tasks_alpha_unless_overridden():
     from benchmarks.post import ALPHA, FULL, run_sizes
 
     def sizes(**kw):
-        flags = {"quick": False, "task": "bbc", "train_size": 0, "epochs": 0, "alpha": None}
+        flags = {
+            "quick": False,
+            "task": "bbc",
+            "train_size": 0,
+            "epochs": 0,
+            "alpha": None,
+            "tail_average": None,
+        }
         return run_sizes(argparse.Namespace(**{**flags, **kw}))
 
     assert sizes(task="spam")["transfer"]["alpha"] == ALPHA["spam"] != ALPHA["bbc"]
@@ -795,6 +897,7 @@ def test_full_run_takes_each_tasks_alpha_unless_overridden():
     assert sizes(task="/data/mytask")["transfer"]["alpha"] == FULL["transfer"]["alpha"]
     assert sizes(task="spam", alpha=0.75)["transfer"]["alpha"] == 0.75
     assert sizes(task="spam", epochs=3)["tune"]["epochs"] == 3
+    assert sizes(tail_average=0.5)["tune"]["tail_average"] == 0.5
     assert FULL["transfer"]["alpha"] == 0.5  # the table is copied, not changed
 
 
