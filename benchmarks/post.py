@@ -15,7 +15,9 @@ linear probe of its last hidden state (whether the task is still in the student 
 ``--dp-select`` scores DP tuning settings (expected batch and epochs) of the student on
 training examples held out from tuning, which is how the DP setting was chosen; ``--epoch-select``
 scores the epochs of the student's tuning by the teacher's held-out accuracy with the transferred
-prompt, which is how the epochs were chosen (``--epochs`` overrides them).
+prompt, which is how the epochs were chosen (``--epochs`` overrides them); ``--alpha-select``
+and ``--average-select`` score the transfer's shift weight and the tuning's tail average the
+same way (``--alpha`` and ``--tail-average`` override them).
 """
 
 from __future__ import annotations
