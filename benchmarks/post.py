@@ -431,19 +431,12 @@ def average_select(args, models: dict, common, sizes, work: Path) -> dict:
             for step, p in enumerate(iterates, start=1):
                 averages.update(step, p)
             prompt = averages.mean(1)
-            # Saved as an artifact of its own, so the transfer reads it like any other prompt.
+            # Saved as an artifact of its own, so the transfer reads it like any other prompt;
+            # the run's training accuracy was measured on its last prompt, so it is dropped.
             folder = work / f"{name}_{fraction:g}_tune{seed}"
-            save_prompt(
-                folder,
-                prompt,
-                student,
-                tok,
-                models["student_id"],
-                {
-                    **meta,
-                    "config": {**meta["config"], "tail_average": fraction},
-                },
-            )
+            config = {**meta["config"], "tail_average": fraction}
+            kept = {**meta, "config": config, "train_accuracy": None, "averaged_run": cfg.out}
+            save_prompt(folder, prompt, student, tok, models["student_id"], kept)
             one = {
                 "tune_seed": seed,
                 "student_val_acc": held_acc(student, prompt),

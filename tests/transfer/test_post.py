@@ -833,6 +833,7 @@ def test_average_select_scores_tail_averages_of_one_run_per_tuning_seed(world, t
             assert tuned["seed"] == seed and tuned["train_size"] == 30 and tuned["steps"] == 4
             prompt, meta = load_prompt(tmp_path / f"{stem}_tune{seed}", student, tok)
             assert meta["config"]["tail_average"] == row["tail_average"]
+            assert meta["averaged_run"] == str(tmp_path / f"select_average_tune{seed}")
             ids = [tok(" " + w, add_special_tokens=False).input_ids[0] for w in meta["label_words"]]
             args = (held.texts[30:], held.labels[30:], meta["template"], ids, 24, 32)
             assert one["student_val_acc"] == pytest.approx(accuracy(student, tok, prompt, *args))
