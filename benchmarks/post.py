@@ -354,7 +354,12 @@ def alpha_select(args, models: dict, common, sizes, work: Path) -> dict:
     fit, held = heldout_split(args, sizes)
     folder = work / "select_alpha_student"
     cfg = TuneConfig(model=models["student_dir"], out=str(folder), task=args.task, **fit, **common)
-    meta, prompt = student_prompt(args, cfg, models)
+    if args.reuse and (folder / "metadata.json").exists():
+        prompt, meta = load_prompt(folder, models["student"], models["tok"])
+    else:
+        meta, prompt = run_tune(
+            cfg, model=models["student"], tok=models["tok"], model_id=models["student_id"]
+        )
 
     def held_acc(model, p) -> float:
         return task_accuracy(model, models["tok"], p, *held, meta, cfg.max_text_tokens)
@@ -463,15 +468,6 @@ def average_select(args, models: dict, common, sizes, work: Path) -> dict:
         "val_size": args.select_val,
         "epochs": cfg.epochs,
     }
-
-
-def student_prompt(args, cfg: TuneConfig, models: dict) -> tuple[dict, torch.Tensor]:
-    """Tune the student's prompt with ``cfg``, or with ``--reuse`` load the one already there."""
-    folder = Path(cfg.out)
-    if args.reuse and (folder / "metadata.json").exists():
-        prompt, meta = load_prompt(folder, models["student"], models["tok"])
-        return meta, prompt
-    return run_tune(cfg, model=models["student"], tok=models["tok"], model_id=models["student_id"])
 
 
 def seeded_transfers(
