@@ -49,7 +49,6 @@ class SuffixAverages:
     """
 
     def __init__(self, fraction: float, steps_per_epoch: int, epochs: int):
-        self.fraction = fraction
         self._ends = [k * steps_per_epoch for k in range(1, epochs + 1)]
         self._starts = [end - suffix_length(fraction, end) + 1 for end in self._ends]
         self._sums: list[torch.Tensor | None] = [None] * epochs
@@ -57,11 +56,12 @@ class SuffixAverages:
 
     def update(self, step: int, prompt: torch.Tensor) -> None:
         """Add the prompt after ``step`` (counted from 1) to every window that holds it."""
+        # float64 sums: the mean of up to thousands of float32 iterates keeps its digits. One
+        # copy serves every window: the sums are never changed in place.
+        p = prompt.detach().to(torch.float64, copy=True)
         for k, (start, end) in enumerate(zip(self._starts, self._ends, strict=True)):
             if start <= step <= end:
-                # float64 sums: the mean of up to thousands of float32 iterates keeps its digits.
-                p = prompt.detach().to(torch.float64)
-                self._sums[k] = p.clone() if self._sums[k] is None else self._sums[k] + p
+                self._sums[k] = p if self._sums[k] is None else self._sums[k] + p
                 self._counts[k] += 1
 
     def mean(self, epochs: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
